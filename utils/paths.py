@@ -1,0 +1,57 @@
+"""Where each pipeline artifact lives. Every stage reads and writes through these functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from utils.config import Config
+
+
+def work_dir(conf: Config) -> Path:
+    return conf.data.out_dir
+
+
+def captions_csv(conf: Config, split: str) -> Path:
+    """Clotho's caption file for a paired split: ``clotho_captions_<split>.csv``."""
+    return Path(conf.data.dataset_dir) / f"clotho_captions_{split}.csv"
+
+
+def audio_dir(conf: Config, split: str) -> Path:
+    """The folder of a split's clips."""
+    query = conf.data.query_splits.get(split)
+    return Path(conf.data.dataset_dir) / (query.audio_dir if query else split)
+
+
+def query_csv(conf: Config, split: str) -> Path:
+    """The query-caption CSV of an unpaired split (``data.query_splits``)."""
+    return Path(conf.data.dataset_dir) / conf.data.query_splits[split].captions_csv
+
+
+def text_table(conf: Config, split: str) -> Path:
+    """Stage 1 output: one row per caption (tid, fid, fname, raw_text, text)."""
+    return work_dir(conf) / f"{split}_text.csv"
+
+
+def audio_table(conf: Config, split: str) -> Path:
+    """Stage 1 output: one row per usable clip (fid, fname, path, duration, sample_rate)."""
+    return work_dir(conf) / f"{split}_audio.csv"
+
+
+def skipped_table(conf: Config, split: str) -> Path:
+    """Stages 1-2: clips left out, with the reason."""
+    return work_dir(conf) / f"{split}_skipped.csv"
+
+
+def logmels(conf: Config, split: str) -> Path:
+    """Stage 2 output: one ``[T, 64]`` float32 dataset per fid."""
+    return work_dir(conf) / f"{split}_audio_logmels.hdf5"
+
+
+def text_embeds(conf: Config) -> Path:
+    """Stage 3 output: caption embeddings of every split, keyed by tid."""
+    return work_dir(conf) / conf.data.text_embeds
+
+
+def stats(conf: Config) -> Path:
+    """Stage 1 output: per-split statistics."""
+    return work_dir(conf) / "dataset_stats.json"
