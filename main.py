@@ -1,0 +1,25 @@
+"""Train the DCASE 2023 Task 6B baseline (CNN14 + Sentence-BERT dual encoder, InfoNCE).
+
+    python main.py --conf conf.yaml [--set train.epochs=10] [--restart]
+    torchrun --nproc_per_node=N main.py --conf conf.yaml          # DistributedDataParallel
+
+Rerunning with the same run directory (run.dir/run.name) resumes from checkpoints/last.pt.
+"""
+
+from __future__ import annotations
+
+from utils.cli import make_parser, run
+from utils.train_utils import train
+
+
+def main(args, conf) -> None:
+    train(conf, restart=args.restart)
+
+
+parser = make_parser(__doc__.splitlines()[0])
+parser.add_argument("--resume", action="store_true",
+                    help="continue from <run dir>/checkpoints/last.pt (the default when it exists)")
+parser.add_argument("--restart", action="store_true", help="ignore an existing last.pt and train from scratch")
+
+if __name__ == "__main__":
+    run(main, parser)

@@ -1,0 +1,73 @@
+"""The dual encoder: audio and text branches, L2-normalised, scored by dot product."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.audio_encoders import build_audio_encoder
+from models.text_encoders import build_text_encoder
+from utils.config import Config
+
+
+class DualEncoderModel(nn.Module):
+    def __init__(self, audio_enc: nn.Module, text_enc: nn.Module):
+        super().__init__()
+        self.audio_enc = audio_enc
+        self.text_enc = text_enc
+
+    @property
+    def text_input_kind(self) -> str:
+        return self.text_enc.input_kind
+
+    def audio_branch(self, audio: torch.Tensor) -> torch.Tensor:
+        """``(batch, time, mels)`` log-mels -> ``(batch, E)`` unit vectors."""
+        return F.normalize(self.audio_enc(audio).float(), p=2.0, dim=-1)
+
+    def text_branch(self, text) -> torch.Tensor:
+        """``(batch, D)`` SBERT vectors or a list of captions -> ``(batch, E)`` unit vectors."""
+        return F.normalize(self.text_enc(text).float(), p=2.0, dim=-1)
+
+    def forward(self, audio: torch.Tensor, text) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.audio_branch(audio), self.text_branch(text)
+
+    @staticmethod
+    def score(audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """``(n_audio, E) x (n_text, E)`` -> ``(n_text, n_audio)`` dot-product scores."""
+        return text_embeds @ audio_embeds.t()
+
+
+MODELS = {"DualEncoderModel": DualEncoderModel}
+
+
+def build_model(conf: Config, text_dim: int | None = None, load_prior: bool = True) -> DualEncoderModel:
+    """Build the model named in ``conf.model``.
+
+    Args:
+        conf: the run's config.
+        text_dim: size of the precomputed SBERT vectors (768 mpnet, 384 MiniLM); needed by
+            ``SentBERTBaseEncoder``.
+        load_prior: load the transferred CNN14 weights when ``model.audio_enc.init == 'prior'``
+            (False when a checkpoint will overwrite them anyway).
+    """
+    mconf = conf.model
+    if mconf.name not in MODELS:
+        raise ValueError(f"unknown model '{mconf.name}'; valid choices: {sorted(MODELS)}")
+    a = mconf.audio_enc
+    audio_enc = build_audio_encoder(a.name, out_dim=a.out_dim, width=a.width, n_mels=conf.features.n_mels)
+    if a.init == "prior" and load_prior:
+        audio_enc.load_pretrained(conf.pretrained.cnn14_weights)
+    audio_enc.set_trainable(a.trainable)
+
+    t = mconf.text_enc
+    if t.name == "SentenceTransformerEncoder":
+        from utils.sbert import resolve_model_path
+
+        text_enc = build_text_encoder(t.name, model_path=resolve_model_path(conf.text.model), out_dim=t.out_dim,
+                                      max_seq_length=t.max_seq_length)
+    else:
+        if text_dim is None:
+            raise ValueError("text_dim (the SBERT embedding size) is required for " + t.name)
+        text_enc = build_text_encoder(t.name, in_dim=text_dim, out_dim=t.out_dim)
+    return MODELS[mconf.name](audio_enc, text_enc)

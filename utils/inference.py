@@ -1,0 +1,84 @@
+"""Batched embedding of clips and captions: used by validation, postprocessing and search alike."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils.data_utils import length_sorted_batches, pad_stack
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``'auto'`` -> cuda when available, else cpu; otherwise ``torch.device(spec)``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{spec}' was requested but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(spec)
+
+
+def amp_dtype(spec: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``train.amp``: auto = bf16 on CUDA (fp16 where bf16 is unsupported), off on CPU."""
+    if spec == "off" or device.type != "cuda":
+        return None
+    if spec == "fp16":
+        return torch.float16
+    if spec == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def embed_audio(model, get_clip: Callable[[int], np.ndarray], lengths: Sequence[int], batch_size: int,
+                device: torch.device, dtype: torch.dtype | None = None, progress: bool = False,
+                desc: str = "embed audio") -> torch.Tensor:
+    """Embed ``len(lengths)`` clips, batched by similar length so padding stays small.
+
+    Args:
+        model: a ``DualEncoderModel`` (eval mode is set by the caller).
+        get_clip: ``k -> (time, mels)`` log-mels of clip k.
+        lengths: frames of each clip.
+
+    Returns:
+        ``(n_clips, E)`` float32 unit vectors on the CPU, in input order.
+    """
+    out = torch.empty((len(lengths), 0))
+    batches = length_sorted_batches(list(lengths), batch_size)
+    for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        audio = pad_stack([torch.from_numpy(np.asarray(get_clip(k), dtype=np.float32)) for k in idx])
+        with autocast(device, dtype):
+            emb = model.audio_branch(audio.to(device, non_blocking=True)).float().cpu()
+        if out.shape[1] == 0:
+            out = torch.empty((len(lengths), emb.shape[1]))
+        out[idx] = emb
+    return out
+
+
+@torch.no_grad()
+def embed_text(model, text: np.ndarray | Sequence[str], batch_size: int, device: torch.device,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Embed captions: ``(n, D)`` SBERT vectors, or raw strings for a fine-tuned text model.
+
+    Returns:
+        ``(n, E)`` float32 unit vectors on the CPU.
+    """
+    chunks = []
+    for start in range(0, len(text), batch_size):
+        part = text[start:start + batch_size]
+        if isinstance(part, np.ndarray):
+            part = torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32)).to(device, non_blocking=True)
+        else:
+            part = list(part)
+        with autocast(device, dtype):
+            chunks.append(model.text_branch(part).float().cpu())
+    return torch.cat(chunks) if chunks else torch.empty((0, 0))

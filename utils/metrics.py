@@ -1,0 +1,112 @@
+"""Retrieval metrics (mAP@10, R@k) with the baseline's definitions. The only metrics module:
+training's validation and postprocessing both call it.
+
+For each query with ``rel`` relevant items, ranked by descending score (ties: lower index first):
+``R@k = (relevant in top k) / rel`` and
+``AP@10 = Σ_{relevant at position p <= 10} (relevant in top p) / p / rel``; both are averaged over queries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+KS = (1, 5, 10)
+MAP_K = 10
+
+
+def relevant_ranks(scores: np.ndarray, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1-based rank of every relevant (query, item) pair.
+
+    Args:
+        scores: ``(n_queries, n_items)``.
+        relevance: boolean ``(n_queries, n_items)``.
+
+    Returns:
+        ``(query_index, rank)``, one entry per relevant pair. Ties are broken by item index (stable).
+    """
+    q_idx, j_idx = np.nonzero(relevance)
+    out = np.empty(len(q_idx), dtype=np.int64)
+    items = np.arange(scores.shape[1])
+    step = max(1, 2_000_000 // max(scores.shape[1], 1))  # bound the temporary (step, n_items) arrays
+    for start in range(0, len(q_idx), step):
+        q, j = q_idx[start:start + step], j_idx[start:start + step]
+        rows = scores[q]  # (step, n_items)
+        s = rows[np.arange(len(q)), j][:, None]
+        better = (rows > s).sum(axis=1)
+        tied_before = ((rows == s) & (items[None, :] < j[:, None])).sum(axis=1)
+        out[start:start + step] = better + tied_before + 1
+    return q_idx, out
+
+
+def retrieval_metrics(scores: np.ndarray, relevance: np.ndarray, ks=KS, map_k: int = MAP_K) -> dict[str, float]:
+    """``{"mAP@10": ..., "R@1": ..., "R@5": ..., "R@10": ...}`` averaged over queries.
+
+    Args:
+        scores: ``(n_queries, n_items)`` similarity scores.
+        relevance: boolean ``(n_queries, n_items)``; every query needs at least one relevant item.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    relevance = np.asarray(relevance, dtype=bool)
+    n_rel = relevance.sum(axis=1)
+    if scores.shape != relevance.shape:
+        raise ValueError(f"scores {scores.shape} and relevance {relevance.shape} differ in shape")
+    if (n_rel == 0).any():
+        raise ValueError(f"{int((n_rel == 0).sum())} queries have no relevant item")
+    q_idx, ranks = relevant_ranks(scores, relevance)
+    order = np.lexsort((ranks, q_idx))  # group by query, ascending rank
+    q_idx, ranks = q_idx[order], ranks[order]
+    first = np.searchsorted(q_idx, q_idx, side="left")
+    hits_so_far = np.arange(len(q_idx)) - first + 1  # relevant items at or above this one
+    n_queries = scores.shape[0]
+    result = {}
+    precision = np.where(ranks <= map_k, hits_so_far / ranks, 0.0)
+    ap = np.bincount(q_idx, weights=precision, minlength=n_queries) / n_rel
+    result[f"mAP@{map_k}"] = float(ap.mean())
+    for k in ks:
+        hits = np.bincount(q_idx, weights=(ranks <= k).astype(float), minlength=n_queries)
+        result[f"R@{k}"] = float((hits / n_rel).mean())
+    return result
+
+
+def relevance_matrix(text_to_audio: np.ndarray, n_audio: int) -> np.ndarray:
+    """Boolean ``(n_texts, n_audio)``: caption i is relevant to clip ``text_to_audio[i]``."""
+    rel = np.zeros((len(text_to_audio), n_audio), dtype=bool)
+    rel[np.arange(len(text_to_audio)), text_to_audio] = True
+    return rel
+
+
+def xmodal_metrics(scores: np.ndarray, text_to_audio: np.ndarray) -> dict[str, dict[str, float]]:
+    """Text->audio and audio->text metrics from one score matrix.
+
+    Args:
+        scores: ``(n_texts, n_audio)``; row i is caption i, column j is clip j.
+        text_to_audio: ``(n_texts,)`` index of each caption's clip.
+
+    Returns:
+        ``{"t2a": {...}, "a2t": {...}}``. t2a has one relevant clip per caption (mAP@10 = MRR@10);
+        a2t has every caption of the clip as relevant.
+    """
+    rel = relevance_matrix(np.asarray(text_to_audio), scores.shape[1])
+    keep = rel.any(axis=0)  # clips without captions cannot be a2t queries
+    return {
+        "t2a": retrieval_metrics(scores, rel),
+        "a2t": retrieval_metrics(scores.T[keep], rel.T[keep]),
+    }
+
+
+def t2a_ranks(scores: np.ndarray, text_to_audio: np.ndarray) -> np.ndarray:
+    """1-based rank of each caption's true clip, ``(n_texts,)``."""
+    rel = relevance_matrix(np.asarray(text_to_audio), scores.shape[1])
+    q_idx, ranks = relevant_ranks(np.asarray(scores, dtype=np.float64), rel)
+    out = np.empty(scores.shape[0], dtype=np.int64)
+    out[q_idx] = ranks
+    return out
+
+
+def format_table(metrics: dict[str, dict[str, float]]) -> str:
+    """A small text table of ``xmodal_metrics`` output."""
+    names = list(next(iter(metrics.values())).keys())
+    lines = ["      " + "".join(f"{n:>9}" for n in names)]
+    for direction, values in metrics.items():
+        lines.append(f"{direction:<6}" + "".join(f"{values[n]:>9.4f}" for n in names))
+    return "\n".join(lines)
