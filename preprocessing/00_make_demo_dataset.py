@@ -9,12 +9,27 @@ folder that holds a real (non-demo) Clotho dataset.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from utils.cli import make_parser, run
+from utils.cnn14_transfer import write_stand_in_checkpoint
 from utils.demo_data import demo_dataset_complete, make_demo_dataset
+
+
+def write_stand_in(conf) -> None:
+    """A random-weight checkpoint in the PANNs format, so the demo can run stage 4 without the download."""
+    path = Path(conf.pretrained.panns_checkpoint)
+    if path.is_file():
+        print(f"PANNs-format checkpoint already at {path}")
+        return
+    write_stand_in_checkpoint(path, conf.model.audio_enc.width, seed=conf.train.seed)
+    print(f"wrote a STAND-IN checkpoint with random weights (not pretrained) in the PANNs format to {path}")
 
 
 def main(args, conf) -> None:
     out_dir = conf.data.dataset_dir
+    if args.panns_stand_in:
+        write_stand_in(conf)
     params = dict(n_clips=args.clips, seed=args.seed, sample_rate=args.sample_rate,
                   duration_range=tuple(args.duration_range))
     if not args.force and demo_dataset_complete(out_dir, **params):
@@ -32,6 +47,9 @@ parser.add_argument("--sample-rate", type=int, default=16000, help="sample rate 
 parser.add_argument("--duration-range", type=float, nargs=2, default=[5.0, 15.0], metavar=("MIN", "MAX"),
                     help="clip length range in seconds (default: 5 15)")
 parser.add_argument("--force", action="store_true", help="regenerate even if a complete demo dataset exists")
+parser.add_argument("--panns-stand-in", action="store_true",
+                    help="also write a random-weight PANNs-format checkpoint at pretrained.panns_checkpoint "
+                         "(if none is there) so stage 4 can run in the demo")
 
 if __name__ == "__main__":
     run(main, parser)

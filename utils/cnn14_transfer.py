@@ -134,3 +134,27 @@ def summary(report: TransferReport, out_path: str | os.PathLike) -> str:
         f"unused    {len(report.unused)} PANNs keys: {list_keys(report.unused)}",
         f"wrote     {out_path}",
     ])
+
+
+def write_stand_in_checkpoint(path: str | os.PathLike, width: float, seed: int = 0) -> Path:
+    """Write a PANNs-format checkpoint with *random* weights, for the demo and tests only.
+
+    It has PANNs' key names under ``"model"`` (plus ``fc_audioset`` and the front-end keys) so stage 4
+    can be exercised without the real 300 MB download. The weights are not pretrained.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        encoder = CNN14Encoder(out_dim=8, width=width)
+    state = {k: v for k, v in encoder.state_dict().items() if not k.startswith(PROJECTION)}
+    channels = encoder.channels[-1]
+    state["fc_audioset.weight"] = torch.zeros(527, channels)
+    state["fc_audioset.bias"] = torch.zeros(527)
+    state["spectrogram_extractor.stft.conv_real.weight"] = torch.zeros(513, 1, 1024)
+    state["spectrogram_extractor.stft.conv_imag.weight"] = torch.zeros(513, 1, 1024)
+    state["logmel_extractor.melW"] = torch.zeros(513, 64)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    torch.save({"model": state, "iteration": 0, "stand_in": True}, tmp)
+    os.replace(tmp, path)
+    return path

@@ -125,17 +125,15 @@ def git_commit() -> str:
 
 
 def library_versions() -> dict:
-    import h5py
-    import librosa
+    """Versions of the libraries that shape the numbers (read from package metadata, no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                "h5py": h5py.__version__, "librosa": librosa.__version__}
-    try:
-        import sentence_transformers
-
-        versions["sentence_transformers"] = sentence_transformers.__version__
-    except ImportError:
-        pass
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "numpy", "h5py", "librosa", "soundfile", "sentence-transformers", "transformers"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
     return versions
 
 

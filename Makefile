@@ -1,0 +1,40 @@
+# make demo  - set up .venv and run the whole pipeline on the built-in demo data (CPU, a few minutes)
+# make test  - set up .venv and run the test suite
+# make setup - only create .venv and install requirements.txt + this repo (editable)
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONF ?= conf_demo.yaml
+RUN ?= runs/demo
+QUERY ?= a high-pitched whistle rises slowly
+
+.PHONY: setup demo test lint clean-demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	$(BIN)/python preprocessing/00_make_demo_dataset.py --conf $(CONF) --panns-stand-in
+	$(BIN)/python preprocessing/01_clotho_dataset.py --conf $(CONF)
+	$(BIN)/python preprocessing/02_audio_logmel.py --conf $(CONF)
+	$(BIN)/python preprocessing/03_sbert_embeddings.py --conf $(CONF)
+	$(BIN)/python preprocessing/04_cnn14_transfer.py --conf $(CONF)
+	$(BIN)/python main.py --conf $(CONF)
+	$(BIN)/python postprocessing/01_xmodal_scores.py --conf $(CONF) --run $(RUN)
+	$(BIN)/python postprocessing/02_xmodal_retrieval.py --conf $(CONF) --run $(RUN)
+	$(BIN)/python search.py --run $(RUN) --audio data/demo/evaluation -k 5 "$(QUERY)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean-demo:
+	rm -rf data/demo runs/demo
