@@ -1,0 +1,58 @@
+"""Postprocessing 1: text-to-audio score matrices of the evaluation (and challenge query) splits.
+
+    python postprocessing/01_xmodal_scores.py --conf conf.yaml --run runs/baseline [--checkpoint best|last]
+                                              [--splits evaluation ...] [--device auto]
+
+Loads the run's model (RUN_DIR/config.yaml + checkpoints/<checkpoint>.pt); data paths and eval settings come
+from --conf (default: the run's own config.yaml) and --set. For each split of data.eval_splits and
+data.query_splits, every clip and every caption is embedded once (clips batched by length, eval.batch_size)
+and the scores are one matrix product, written to RUN_DIR/eval/<split>_xmodal_scores.hdf5:
+scores float32 (n_captions, n_clips), text_ids (row order of <split>_text.csv), audio_ids (fids).
+"""
+
+from __future__ import annotations
+
+import time
+
+from utils.cli import make_parser
+from utils.retrieval import load_run
+from utils.scoring import (
+    add_run_args,
+    eval_config,
+    load_split_inputs,
+    run_dir_of,
+    run_script,
+    score_split,
+    scores_file,
+    splits_to_score,
+    write_scores,
+)
+
+
+def main(args, conf) -> None:
+    run_dir = run_dir_of(args, conf)
+    loaded = load_run(run_dir, args.checkpoint or conf.eval.checkpoint, args.device or conf.train.device)
+    conf = eval_config(conf, loaded.conf)
+    print(f"run {run_dir}: checkpoints/{loaded.checkpoint}.pt (epoch {loaded.epoch}) on {loaded.device}")
+    for split in splits_to_score(conf, args.splits):
+        start = time.perf_counter()
+        inputs = load_split_inputs(conf, split, loaded.model.text_input_kind, loaded.text_dim)
+        scores = score_split(loaded, inputs, conf.eval.batch_size, progress=True)  # (n_captions, n_clips)
+        attrs = {"split": split, "checkpoint": loaded.checkpoint, "run_dir": str(run_dir), "query_split": inputs.query,
+                 "epoch": -1 if loaded.epoch is None else loaded.epoch}
+        path = write_scores(scores_file(run_dir, split), scores, [r["tid"] for r in inputs.text_rows], inputs.fids,
+                            attrs)
+        print(f"[{split}] {scores.shape[0]} captions x {scores.shape[1]} clips "
+              f"in {time.perf_counter() - start:.1f} s -> {path}")
+
+
+parser = make_parser(__doc__.splitlines()[0])
+add_run_args(parser)
+parser.add_argument("--checkpoint", choices=["best", "last"], default=None,
+                    help="checkpoint to score (default: eval.checkpoint)")
+parser.add_argument("--splits", nargs="+", default=None,
+                    help="splits to score (default: data.eval_splits + data.query_splits)")
+parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: train.device)")
+
+if __name__ == "__main__":
+    run_script(main, parser)
