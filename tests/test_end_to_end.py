@@ -16,7 +16,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 N_CLIPS = 200  # 120 / 40 / 40 clips
-EPOCHS = 10
+EPOCHS = 8
 
 
 def run_script(script, conf, *extra, timeout=900):
