@@ -43,7 +43,8 @@ class SentenceTransformerEncoder(nn.Module):
 
         self.sbert = load_sbert(model_path, device="cpu")
         self.sbert.max_seq_length = max_seq_length
-        in_dim = self.sbert.get_sentence_embedding_dimension()
+        get_dim = getattr(self.sbert, "get_embedding_dimension", None) or self.sbert.get_sentence_embedding_dimension
+        in_dim = get_dim()
         self.fc = _init_linear(nn.Linear(in_dim, out_dim))
 
     def backbone_parameters(self):
@@ -52,8 +53,10 @@ class SentenceTransformerEncoder(nn.Module):
     def forward(self, texts: list[str]) -> torch.Tensor:
         """``batch`` raw captions -> ``(batch, out_dim)``."""
         device = self.fc.weight.device
-        features = self.sbert.tokenize(list(texts))
-        features = {k: v.to(device, non_blocking=True) for k, v in features.items()}
+        prepare = getattr(self.sbert, "preprocess", None) or self.sbert.tokenize
+        features = prepare(list(texts))
+        features = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                    for k, v in features.items()}
         pooled = self.sbert(features)["sentence_embedding"]  # (batch, in_dim)
         return self.fc(pooled)
 

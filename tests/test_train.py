@@ -174,3 +174,27 @@ def test_text_dim_follows_the_embeddings(tmp_path):
     assert a.shape == t.shape == (3, 300)
     torch.testing.assert_close(a.norm(dim=1), torch.ones(3))
     torch.testing.assert_close(t.norm(dim=1), torch.ones(3))
+
+
+def test_finetuned_text_encoder_trains_end_to_end(tiny_work, tmp_path):
+    """Beyond the baseline: fine-tune the packaged all-MiniLM-L6-v2 instead of using frozen vectors."""
+    (tiny_work / "sbert_embeds.hdf5").unlink()  # raw captions are used; no stage-3 file is needed
+    conf = load_config(write_config(
+        tmp_path / "c.yaml", tiny_work, tmp_path / "runs" / "ft",
+        model={"audio_enc": {"width": 0.125, "init": "random"},
+               "text_enc": {"name": "SentenceTransformerEncoder", "finetune_lr": 1e-4, "max_seq_length": 16}},
+        text={"model": "all-MiniLM-L6-v2", "device": "cpu"},
+        train={"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 3, "num_workers": 0, "device": "cpu",
+               "log_every": 1, "early_stop": {"enabled": False}}))
+    from utils.sbert import load_sbert, resolve_model_path
+
+    before = {k: v.clone() for k, v in load_sbert(resolve_model_path("all-MiniLM-L6-v2"), "cpu").state_dict().items()}
+    state = train(conf)
+    assert state.step == 3 and len(state.history) == 1
+    assert np.isfinite(state.history[0]["val_loss"])
+    ckpt = torch.load(tmp_path / "runs" / "ft" / "checkpoints" / "last.pt", weights_only=False)
+    after = {k[len("text_enc.sbert."):]: v for k, v in ckpt["model"].items() if k.startswith("text_enc.sbert.")}
+    changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
+    assert len(after) == len(before) and changed, "the transformer's weights should be updated"
+    groups = ckpt["optimizer"]["param_groups"]
+    assert sorted(g["lr"] for g in groups) == [1e-4, 1e-3]
