@@ -48,7 +48,7 @@ def make_work_dir(root: Path, clips: dict[str, int], dim: int = 32, frames=(70, 
         write_rows(root / f"{split}_text.csv", text_rows, TEXT_COLUMNS)
         write_rows(root / f"{split}_audio.csv", audio_rows, AUDIO_COLUMNS)
         vectors = np.stack(embeds).astype(np.float32)
-        update_text_embeddings(root / "sbert_embeds.hdf5", {split: text_rows}, "synthetic", lambda texts: vectors)
+        update_text_embeddings(root / "sbert_embeds.hdf5", {split: text_rows}, "synthetic", lambda texts, v=vectors: v)
     return root
 
 

@@ -117,6 +117,7 @@ def run_stage1(clotho, work):
 def test_stage1_script_is_deterministic(clotho, tmp_path):
     p1 = run_stage1(clotho, tmp_path / "w1")
     p2 = run_stage1(clotho, tmp_path / "w2")
+    assert p2.returncode == 0, p2.stderr
     assert p1.returncode == 0, p1.stderr
     for name in ["development_text.csv", "development_audio.csv", "development_skipped.csv"]:
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import ROOT, write_config
+
 from utils.criterion_utils import info_nce
 from utils.train_utils import Dist, gather_batch
 

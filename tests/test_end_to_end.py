@@ -10,7 +10,6 @@ import sys
 import h5py
 import pytest
 import yaml
-
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow

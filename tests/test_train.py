@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, make_work_dir, write_config
+
 from models.core import build_model
 from utils.config import load_config
 from utils.data_utils import load_split

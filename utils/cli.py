@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from utils.config import Config, add_config_args, config_from_args
 from utils.errors import PipelineError

@@ -189,7 +189,7 @@ def build_paired_split(split: str, captions_csv: Path, audio_dir: Path, dataset_
                     {"tid": make_tid(fid, i), "fid": fid, "fname": path.name, "raw_text": raw,
                      "text": normalize_text(raw)}
                 )
-    for key, path in index.by_key.items():
+    for path in index.by_key.values():
         if path not in seen:
             out.skipped.append({"fname": path.name, "path": str(path.relative_to(dataset_dir)),
                                 "reason": "audio file has no captions in the CSV"})
@@ -215,7 +215,7 @@ def build_query_split(split: str, query_csv: Path, audio_dir: Path, dataset_dir:
     if not audio_dir.is_dir():
         raise DataError(f"audio folder not found: {audio_dir}. Set data.query_splits.{split}.audio_dir.")
     out = SplitTables(split)
-    for key, path in sorted(ClipIndex.scan(audio_dir).by_key.items()):
+    for _, path in sorted(ClipIndex.scan(audio_dir).by_key.items()):
         probe = probe_audio(path)
         rel = str(path.relative_to(dataset_dir))
         if isinstance(probe, str):

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -42,7 +42,7 @@ class QuerySplitConf:
 @dataclass
 class DataConf:
     dataset_dir: str = "data/Clotho"  # Clotho root: clotho_captions_<split>.csv and <split>/ wav folders
-    work_dir: Optional[str] = None  # where every output goes; None = dataset_dir
+    work_dir: str | None = None  # where every output goes; None = dataset_dir
     splits: list[str] = field(default_factory=lambda: list(CLOTHO_SPLITS))  # paired splits to preprocess
     query_splits: dict[str, QuerySplitConf] = field(default_factory=dict)  # unpaired splits (challenge test)
     train_split: str = "development"  # split used for training

@@ -148,7 +148,7 @@ def pad_stack(arrays: list[torch.Tensor]) -> torch.Tensor:
 
 
 def collate_pairs(items) -> Batch:
-    audio, text, clip, index = zip(*items)
+    audio, text, clip, index = zip(*items, strict=True)
     text = torch.stack(text) if isinstance(text[0], torch.Tensor) else list(text)
     return Batch(pad_stack(list(audio)), text, torch.tensor(clip), torch.tensor(index))
 
