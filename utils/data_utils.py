@@ -96,7 +96,9 @@ def load_split(conf: Config, split: str, need_embeds: bool = True, in_memory: bo
     if missing:
         raise DataError(
             f"{len(missing)} clip(s) of {paths.text_table(conf, split)} have no features in {store.path} "
-            f"(e.g. fid {missing[0]}). Re-run preprocessing/02_audio_logmel.py, or stage 1 if the tables are newer."
+            f"(e.g. fid {missing[0]}). Re-run preprocessing/02_audio_logmel.py; if it lists them in "
+            f"{paths.skipped_table(conf, split).name} they are unreadable: fix or remove those clips, then re-run "
+            "stages 1 and 2."
         )
     embeds = None
     if need_embeds:
