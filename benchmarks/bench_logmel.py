@@ -27,6 +27,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -208,12 +209,7 @@ def profile(path: Path, repeats: int = 7) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     import librosa
     import scipy
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from utils.sbert import MPNET_NAME, encode, load_sbert, resolve_device, resolve_model_path
 
@@ -95,12 +96,7 @@ def run_side(method: str, args: argparse.Namespace, captions_path: Path, out_npy
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     import torch
 
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,

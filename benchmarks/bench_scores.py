@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from models.audio_encoders import CNN14Encoder
 from models.core import DualEncoderModel
@@ -66,12 +66,7 @@ def timed(fn, device: torch.device, repeats: int = 3) -> tuple[float, object]:
 
 
 def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     desc = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     if device.type == "cuda":
         desc += f", GPU {torch.cuda.get_device_name(device)}"

@@ -42,6 +42,7 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from models.core import build_model
@@ -448,16 +449,6 @@ def worker_main(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------
 # Driver: data, one subprocess per side, the report
 # --------------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: torch.device, gpu_name: str | None) -> dict:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.config import ConfigError
 from utils.data_utils import length_sorted_batches, pad_stack
 
 
@@ -17,7 +18,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{spec}' was requested but CUDA is not available; use 'auto' or 'cpu'")
+        raise ConfigError(f"device '{spec}' was requested but CUDA is not available; use 'auto' or 'cpu'")
     return torch.device(spec)
 
 

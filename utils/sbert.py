@@ -303,12 +303,10 @@ def resolve_model_path(name_or_path: str, *, pretrained_dir: str | os.PathLike |
 
 
 def resolve_device(device: str) -> str:
-    """``'auto'`` -> ``'cuda'`` when available, else ``'cpu'``; anything else is returned unchanged."""
-    if device != "auto":
-        return device
-    import torch
+    """``'auto'`` -> ``'cuda'`` when available, else ``'cpu'``; as :func:`utils.inference.resolve_device`, as a string."""
+    from utils.inference import resolve_device as resolve  # imports torch, so only when a device is needed
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve(device))
 
 
 def how_to_get(name: str) -> str:
