@@ -61,8 +61,8 @@ def read_torch_file(path: str | PathLike, missing_hint: str) -> Any:
         if "Unsupported global" in str(err):
             raise DataError(
                 f"{path} is readable but holds Python objects other than tensors, which torch.load(weights_only=True) "
-                f"refuses ({_first_line_with(str(err), 'Unsupported global')}). If you trust the file, re-save only "
-                "its tensors, e.g. torch.save({'model': torch.load(path, weights_only=False)['model']}, path)"
+                f"refuses ({_first_line_with(str(err), 'Unsupported global')}). Loading it could run code hidden in it; "
+                "if you made it yourself and trust it, re-save only its tensors (a dict of state dicts)"
             ) from err
         raise DataError(f"{path} is corrupt or truncated (not a readable torch file); re-download or remake it") from err
     except TORCH_LOAD_ERRORS as err:

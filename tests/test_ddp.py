@@ -45,7 +45,7 @@ def test_ddp_gradient_equals_single_process_global_batch(tmp_path):
     net = torch.nn.Linear(6, 5)
     loss = info_nce(torch.nn.functional.normalize(net(audio), dim=1), text, clips, 0.07)
     loss.backward()
-    got = torch.load(tmp_path / "ddp.pt")
+    got = torch.load(tmp_path / "ddp.pt", weights_only=True)
     assert got["loss"].item() == pytest.approx(loss.item(), abs=1e-5)
     torch.testing.assert_close(got["grad"], net.weight.grad, atol=1e-5, rtol=1e-4)
 

@@ -44,9 +44,9 @@ def test_two_epoch_run_writes_every_artifact(tiny_work, tmp_path):
         assert (run_dir / name).is_file(), name
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["seed"] == 0 and "torch" in info["versions"] and info["git_commit"]
-    last = torch.load(run_dir / "checkpoints/last.pt", weights_only=False)
+    last = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     assert last["state"]["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng"} <= set(last)
-    best = torch.load(run_dir / "checkpoints/best.pt", weights_only=False)
+    best = torch.load(run_dir / "checkpoints/best.pt", weights_only=True)
     assert best["epoch"] == max(records, key=lambda r: r["val_t2a"]["mAP@10"])["epoch"]
     assert "epoch   2" in proc.stdout
     # Rerunning a finished run does nothing.
@@ -82,8 +82,8 @@ def test_resume_after_kill_gives_same_steps_and_weights(tiny_work, tmp_path):
     assert b[-1]["step"] == a[-1]["step"]
     # CPU, no workers: the resumed run continues bit-for-bit (same batches, same dropout masks).
     assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-5)
-    wa = torch.load(ref_dir / "checkpoints/last.pt", weights_only=False)["model"]
-    wb = torch.load(run_dir / "checkpoints/last.pt", weights_only=False)["model"]
+    wa = torch.load(ref_dir / "checkpoints/last.pt", weights_only=True)["model"]
+    wb = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["model"]
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
@@ -192,7 +192,7 @@ def test_finetuned_text_encoder_trains_end_to_end(tiny_work, tmp_path):
     state = train(conf)
     assert state.step == 3 and len(state.history) == 1
     assert np.isfinite(state.history[0]["val_loss"])
-    ckpt = torch.load(tmp_path / "runs" / "ft" / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "runs" / "ft" / "checkpoints" / "last.pt", weights_only=True)
     after = {k[len("text_enc.sbert."):]: v for k, v in ckpt["model"].items() if k.startswith("text_enc.sbert.")}
     changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
     assert len(after) == len(before) and changed, "the transformer's weights should be updated"

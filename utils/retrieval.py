@@ -72,15 +72,11 @@ def checkpoint_path(run_dir: str | os.PathLike, checkpoint: str = "best") -> Pat
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """A checkpoint written by ``main.py``, loaded with ``weights_only=True``.
 
-    ``last.pt`` also holds numpy RNG state, so numpy's array reconstruction is allow-listed; nothing else is.
+    Its RNG state is stored as tensors and plain values, so no allow-list is needed.
     """
-    from numpy._core.multiarray import _reconstruct
-
     path = Path(path)
-    allowed = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     try:
-        with torch.serialization.safe_globals(allowed):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Unsupported global" not in str(err):
             raise DataError(f"{path} is corrupt or truncated; train again or use the other checkpoint "
