@@ -385,6 +385,12 @@ def _checkpoint(model, optimizer, scheduler, scaler, state: TrainState, conf: Co
     }
 
 
+def best_checkpoint(model_state: dict, conf: Config, text_dim: int | None, epoch: int | None,
+                    val: dict | None) -> dict:
+    """The dict saved as ``checkpoints/best.pt``: what :func:`utils.retrieval.load_run` reads."""
+    return {"model": model_state, "config": to_dict(conf), "text_dim": text_dim, "epoch": epoch, "val": val}
+
+
 def train(conf: Config, restart: bool = False) -> TrainState:
     """Train (or resume) the run ``conf.run.dir/conf.run.name``; returns the final state."""
     d = init_distributed(conf.train.device)
@@ -481,8 +487,7 @@ def _train(conf: Config, restart: bool, d: Dist) -> TrainState:
             ckpt = _checkpoint(model, optimizer, scheduler, scaler, state, conf, text_dim)
             atomic_save(ckpt, last_path)
             if improved:
-                atomic_save({"model": ckpt["model"], "config": ckpt["config"], "text_dim": text_dim,
-                             "epoch": state.epoch, "val": val}, ckpt_dir / "best.pt")
+                atomic_save(best_checkpoint(ckpt["model"], conf, text_dim, state.epoch, val), ckpt_dir / "best.pt")
             _append_jsonl(run_dir / "metrics.jsonl", record)
             plot_curves(state.history, run_dir / "curves.png")
             t2a = val["val_t2a"]
