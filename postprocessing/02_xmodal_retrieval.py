@@ -4,8 +4,10 @@
 
 Reads RUN_DIR/eval/<split>_xmodal_scores.hdf5 (from 01_xmodal_scores.py) and the split's caption table, and
 writes to RUN_DIR/eval/:
-    <split>.t2a_submission.csv   DCASE format: caption,file_name_1,...,file_name_10 (best first)
-    <split>_metrics.json         {"t2a": {mAP@10, R@1, R@5, R@10}, "a2t": {...}} (utils.metrics)
+    <split>.t2a_submission.csv   DCASE 2023 format: caption,file_name_1,...,file_name_10 (best first)
+    <split>.t2a_submission_top<k>.csv   the same with k = eval.top_k files (when k != 10)
+    <split>_metrics.json         {"t2a": {mAP@10, R@1, R@5, R@10}, "a2t": {...}, "definitions": {...}}
+                                 (utils.metrics; k from eval.map_k / eval.recall_ks; t2a from data.relevance if set)
     <split>_ranks.csv, .png      rank of each caption's true clip, and its histogram
 Query splits (data.query_splits: no ground truth) get the submission only.
 """
@@ -25,6 +27,9 @@ def main(args, conf) -> None:
         report = evaluate_split(conf, run_dir, split)
         if report.metrics is None:
             print(f"[{split}] query split (no ground truth): wrote {report.submission}")
+            continue
+        if report.ranks is None:
+            print(f"[{split}] query split with a relevance file:\n{format_table(report.metrics)}")
             continue
         median = float(np.median(report.ranks))
         print(f"[{split}] {len(report.ranks)} captions, median rank of the true clip {median:g}")

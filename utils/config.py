@@ -49,6 +49,9 @@ class DataConf:
     val_split: str = "validation"  # split used for validation every epoch
     eval_splits: list[str] = field(default_factory=lambda: ["evaluation"])  # splits scored by postprocessing
     text_embeds: str = "sbert_embeds.hdf5"  # caption-embedding file name inside work_dir
+    # split -> CSV of caption,file_name[,relevance] rows (relevance > 0 = relevant; relative to dataset_dir);
+    # when given, text->audio metrics use it instead of the one-clip pairing (DCASE 2025's evaluation)
+    relevance: dict[str, str] = field(default_factory=dict)
 
     @property
     def out_dir(self) -> Path:
@@ -153,7 +156,9 @@ class RunConf:
 class EvalConf:
     checkpoint: Literal["best", "last"] = "best"  # checkpoint scored by postprocessing
     batch_size: int = 64  # clips per batch when embedding audio
-    top_k: int = 10  # files per query in submissions and search
+    top_k: int = 10  # files per query in search and in the extra top-k submission (the DCASE 2023 one has 10)
+    map_k: int = 10  # cut-off of mAP@k (DCASE 2023: 10, DCASE 2025: 16)
+    recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # cut-offs of R@k
 
 
 @dataclass
@@ -324,6 +329,9 @@ def _check(conf: Config) -> None:
         raise ConfigError(f"train.batch_size must be >= 2 for a contrastive loss, got {conf.train.batch_size}")
     if conf.train.temperature <= 0:
         raise ConfigError(f"train.temperature must be > 0, got {conf.train.temperature}")
+    if conf.eval.map_k < 1 or not conf.eval.recall_ks or min(conf.eval.recall_ks) < 1 or conf.eval.top_k < 1:
+        raise ConfigError(f"eval.map_k ({conf.eval.map_k}), eval.top_k ({conf.eval.top_k}) and every eval.recall_ks "
+                          f"value ({conf.eval.recall_ks}) must be >= 1, with at least one recall cut-off")
     overlap = set(conf.data.splits) & set(conf.data.query_splits)
     if overlap:
         raise ConfigError(f"data.query_splits and data.splits share {sorted(overlap)}; a split is one or the other")

@@ -75,22 +75,47 @@ def relevance_matrix(text_to_audio: np.ndarray, n_audio: int) -> np.ndarray:
     return rel
 
 
-def xmodal_metrics(scores: np.ndarray, text_to_audio: np.ndarray) -> dict[str, dict[str, float]]:
+def xmodal_metrics(scores: np.ndarray, text_to_audio: np.ndarray, ks=KS, map_k: int = MAP_K,
+                   t2a_relevance: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Text->audio and audio->text metrics from one score matrix.
 
     Args:
         scores: ``(n_texts, n_audio)``; row i is caption i, column j is clip j.
         text_to_audio: ``(n_texts,)`` index of each caption's clip.
+        ks, map_k: the R@k cut-offs and the mAP@k cut-off (names carry k: ``R@5``, ``mAP@16``).
+        t2a_relevance: boolean ``(n_texts, n_audio)`` from a relevance file; when given, t2a uses it instead
+            of the one-clip pairing, over the captions with at least one relevant clip.
 
     Returns:
-        ``{"t2a": {...}, "a2t": {...}}``. t2a has one relevant clip per caption (mAP@10 = MRR@10);
-        a2t has every caption of the clip as relevant.
+        ``{"t2a": {...}, "a2t": {...}}``. t2a has one relevant clip per caption (mAP@10 = MRR@10) unless
+        ``t2a_relevance`` is given; a2t has every caption of the clip as relevant.
     """
     rel = relevance_matrix(np.asarray(text_to_audio), scores.shape[1])
     keep = rel.any(axis=0)  # clips without captions cannot be a2t queries
     return {
-        "t2a": retrieval_metrics(scores, rel),
-        "a2t": retrieval_metrics(scores.T[keep], rel.T[keep]),
+        "t2a": t2a_metrics(scores, rel if t2a_relevance is None else t2a_relevance, ks, map_k),
+        "a2t": retrieval_metrics(scores.T[keep], rel.T[keep], ks, map_k),
+    }
+
+
+def t2a_metrics(scores: np.ndarray, relevance: np.ndarray, ks=KS, map_k: int = MAP_K) -> dict[str, float]:
+    """:func:`retrieval_metrics` over the captions (rows) that have a relevant clip."""
+    has_rel = np.asarray(relevance, dtype=bool).any(axis=1)
+    return retrieval_metrics(np.asarray(scores)[has_rel], np.asarray(relevance)[has_rel], ks, map_k)
+
+
+def metric_definitions(ks=KS, map_k: int = MAP_K, t2a_relevant: str = "the clip the caption was written for") \
+        -> dict[str, str]:
+    """Plain-language definitions of :func:`xmodal_metrics`' numbers (stored next to them in metrics JSON)."""
+    return {
+        "t2a": f"text->audio: each caption queries the split's clips; relevant clips: {t2a_relevant}",
+        "a2t": "audio->text: each clip queries the split's captions; relevant captions: the clip's own captions",
+        "R@k": f"k in {list(ks)}: the fraction of a query's relevant items that are in its top k, averaged over "
+               "queries. For a2t this is the fraction of the clip's captions found (as the DCASE 2023 baseline), "
+               "not whether any caption was found",
+        f"mAP@{map_k}": f"mean over queries of AP@{map_k} = sum, over the relevant items at rank p <= {map_k}, of "
+                        "(relevant items in the top p) / p, divided by the query's number of relevant items",
+        "ties": "items with equal scores are ranked in table order (lower clip or caption index first)",
     }
 
 

@@ -8,9 +8,12 @@ Files, all under ``<run>/eval/`` and written atomically (temp file + ``os.replac
 * ``<split>_xmodal_scores.hdf5``: ``scores`` float32 ``(n_captions, n_clips)``; ``text_ids`` (tids, row
   order of the split's caption table) and ``audio_ids`` (fids) as UTF-8 strings; attributes ``split``,
   ``checkpoint``, ``epoch``, ``run_dir``.
-* ``<split>_metrics.json``: ``{"t2a": {"mAP@10", "R@1", "R@5", "R@10"}, "a2t": {...}}`` (paired splits).
-* ``<split>.t2a_submission.csv``: DCASE format, ``caption,file_name_1,...,file_name_10``, one row per
-  caption (its original ``raw_text``), clips' original file names, best first.
+* ``<split>_metrics.json``: ``{"t2a": {"mAP@10", "R@1", "R@5", "R@10"}, "a2t": {...}, "definitions": {...}}``
+  (paired splits, or t2a only for a query split with a relevance file); k from ``eval.map_k`` and
+  ``eval.recall_ks``; t2a uses the split's relevance file (``data.relevance``, :mod:`utils.relevance`) if any.
+* ``<split>.t2a_submission.csv``: DCASE 2023 format, ``caption,file_name_1,...,file_name_10``, one row per
+  caption (its original ``raw_text``), clips' original file names, best first; and
+  ``<split>.t2a_submission_top<k>.csv``, the same with ``k = eval.top_k`` files, when that is not 10.
 * ``<split>_ranks.csv`` (tid, fid, rank of the true clip) and ``<split>_ranks.png`` (paired splits).
 """
 
@@ -35,11 +38,13 @@ from utils.config import Config
 from utils.data_utils import LogmelStore, load_split
 from utils.errors import DataError, PipelineError
 from utils.inference import embed_audio, embed_text
-from utils.metrics import t2a_ranks, xmodal_metrics
+from utils.metrics import metric_definitions, t2a_metrics, t2a_ranks, xmodal_metrics
+from utils.relevance import read_relevance, relevance_file
 from utils.retrieval import TEXT_VECTOR_BATCH, LoadedRun, top_k, warn
 from utils.tables import atomic_path, read_audio_table, read_text_table, write_rows
 
 RERUN_SCORES = "re-run postprocessing/01_xmodal_scores.py"
+DCASE2023_TOP_K = 10  # files per caption in the DCASE 2023 submission format
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,6 +66,10 @@ def metrics_file(run_dir: str | os.PathLike, split: str) -> Path:
 
 def submission_file(run_dir: str | os.PathLike, split: str) -> Path:
     return eval_dir(run_dir) / f"{split}.t2a_submission.csv"
+
+
+def submission_top_k_file(run_dir: str | os.PathLike, split: str, k: int) -> Path:
+    return eval_dir(run_dir) / f"{split}.t2a_submission_top{k}.csv"
 
 
 def ranks_file(run_dir: str | os.PathLike, split: str) -> Path:
@@ -307,6 +316,12 @@ def submission_rows(scores: np.ndarray, captions: list[str], fnames: list[str], 
             for c, row in zip(captions, best, strict=True)]
 
 
+def write_submission(path: Path, scores: np.ndarray, captions: list[str], fnames: list[str], k: int) -> Path:
+    """A submission CSV of the ``min(k, n_clips)`` best clips per caption (:func:`submission_rows`)."""
+    k = min(k, len(fnames))
+    return write_rows(path, submission_rows(scores, captions, fnames, k), submission_columns(k))
+
+
 def submission_columns(k: int) -> list[str]:
     return ["caption"] + [f"file_name_{i}" for i in range(1, k + 1)]
 
@@ -355,16 +370,29 @@ class SplitReport:
 
 
 def evaluate_split(conf: Config, run_dir: Path, split: str) -> SplitReport:
-    """Stage 02 for one split: submission CSV always; metrics JSON, ranks CSV and plot for paired splits."""
+    """Stage 02 for one split: the DCASE 2023 top-10 submission CSV always (and a top-``eval.top_k`` one when
+    that is not 10); metrics JSON, ranks CSV and plot for paired splits; t2a metrics only for a query split
+    with a relevance file (``data.relevance``)."""
     sf = read_scores(scores_file(run_dir, split))
     rows, fnames, t2a = align(conf, split, sf)
-    k = min(conf.eval.top_k, len(fnames))
-    sub = write_rows(submission_file(run_dir, split),
-                     submission_rows(sf.scores, [r["raw_text"] for r in rows], fnames, k), submission_columns(k))
+    captions = [r["raw_text"] for r in rows]
+    sub = write_submission(submission_file(run_dir, split), sf.scores, captions, fnames, DCASE2023_TOP_K)
+    if conf.eval.top_k != DCASE2023_TOP_K:  # else the top-k file would repeat the DCASE 2023 one
+        write_submission(submission_top_k_file(run_dir, split, conf.eval.top_k), sf.scores, captions, fnames,
+                         conf.eval.top_k)
+    ev = conf.eval
+    rel_path = relevance_file(conf, split)
+    rel = None if rel_path is None else read_relevance(rel_path, captions, fnames)  # (n_captions, n_clips)
+    definitions = metric_definitions(ev.recall_ks, ev.map_k, "the clip the caption was written for" if rel is None
+                                     else f"the clips with relevance > 0 in {rel_path}")
     if t2a is None:
-        return SplitReport(split, sub)
-    metrics = xmodal_metrics(sf.scores, t2a)
-    write_json(metrics_file(run_dir, split), metrics)
+        if rel is None:
+            return SplitReport(split, sub)
+        metrics = {"t2a": t2a_metrics(sf.scores, rel, ev.recall_ks, ev.map_k)}
+        write_json(metrics_file(run_dir, split), {**metrics, "definitions": definitions})
+        return SplitReport(split, sub, metrics)
+    metrics = xmodal_metrics(sf.scores, t2a, ev.recall_ks, ev.map_k, rel)
+    write_json(metrics_file(run_dir, split), {**metrics, "definitions": definitions})
     ranks = t2a_ranks(sf.scores, t2a)
     write_rows(ranks_file(run_dir, split),
                ({"tid": r["tid"], "fid": r["fid"], "rank": int(rank)} for r, rank in zip(rows, ranks, strict=True)),
