@@ -81,7 +81,8 @@ class BaselineText(nn.Module):
         self.fc = nn.Linear(text_dim, out_dim)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.embedding(idx))
+        """Caption indices ``(batch, 1)`` -> ``(batch, out_dim)``, as the baseline's SentBERTBaseEncoder."""
+        return self.fc(torch.mean(self.embedding(idx), dim=1))
 
 
 class BaselineDual(nn.Module):
@@ -204,7 +205,7 @@ def test_imported_run_embeds_text_as_the_baseline(baseline, monkeypatch):
     monkeypatch.setattr(retriever, "text_vectors", lambda texts: vectors[:len(texts)])
     got = retriever.embed_text([f"caption {i}" for i in range(N_CAPTIONS)])
     with torch.no_grad():
-        expected = F.normalize(model.text_enc(torch.arange(N_CAPTIONS)), dim=-1).numpy()
+        expected = F.normalize(model.text_enc(torch.arange(N_CAPTIONS)[:, None]), dim=-1).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
