@@ -31,12 +31,13 @@ from models.audio_encoders import CNN14_CHANNELS, CNN14Encoder, list_keys, read_
 from models.core import build_model
 from utils.config import Config, ConfigError, RunConf
 from utils.errors import DataError
-from utils.retrieval import load_run
+from utils.retrieval import load_run, warn
 from utils.train_utils import Dist, atomic_save, best_checkpoint, write_run_info
 
 ZENODO = "Zenodo record 7752975"
 GET_HINT = f"download the DCASE 2023 baseline files from {ZENODO}"
 BASELINE_TEXT_DIM = 768  # the baseline projects all-mpnet-base-v2 vectors
+BASELINE_TEXT_MODEL = "all-mpnet-base-v2"
 MODULES_PER_BLOCK = 8  # Conv2d, BatchNorm2d, ReLU, Conv2d, BatchNorm2d, ReLU, AvgPool2d, Dropout
 BLOCK_LAYERS = {"conv1": 0, "bn1": 1, "conv2": 3, "bn2": 4}  # index inside a block of the baseline's cnn
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -127,6 +128,9 @@ def check_config(conf: Config) -> None:
     if m.audio_enc.width != 1.0:
         raise ConfigError(f"model.audio_enc.width is {m.audio_enc.width}, but the released baseline is the full "
                           "CNN14 (width 1.0): --set model.audio_enc.width=1.0")
+    if Path(conf.text.model).name != BASELINE_TEXT_MODEL:
+        warn(f"text.model is '{conf.text.model}', but the baseline was trained on {BASELINE_TEXT_MODEL} vectors: "
+             f"score it with caption vectors of {BASELINE_TEXT_MODEL} (--set text.model={BASELINE_TEXT_MODEL})")
 
 
 def _check_width(state: dict[str, torch.Tensor], first_conv: str, path: Path) -> None:
