@@ -4,6 +4,8 @@ training's validation and postprocessing both call it.
 For each query with ``rel`` relevant items, ranked by descending score (ties: lower index first):
 ``R@k = (relevant in top k) / rel`` and
 ``AP@10 = Σ_{relevant at position p <= 10} (relevant in top p) / p / rel``; both are averaged over queries.
+The cut-offs are arguments (``eval.map_k``, ``eval.recall_ks``), and metric names carry them (``mAP@16``).
+:func:`metric_definitions` states these definitions in words for the metrics JSON.
 """
 
 from __future__ import annotations
@@ -104,8 +106,10 @@ def t2a_metrics(scores: np.ndarray, relevance: np.ndarray, ks=KS, map_k: int = M
     return retrieval_metrics(np.asarray(scores)[has_rel], np.asarray(relevance)[has_rel], ks, map_k)
 
 
-def metric_definitions(ks=KS, map_k: int = MAP_K, t2a_relevant: str = "the clip the caption was written for") \
-        -> dict[str, str]:
+PAIRED = "the clip the caption was written for"  # t2a's relevant clip without a relevance file
+
+
+def metric_definitions(ks=KS, map_k: int = MAP_K, t2a_relevant: str = PAIRED) -> dict[str, str]:
     """Plain-language definitions of :func:`xmodal_metrics`' numbers (stored next to them in metrics JSON)."""
     return {
         "t2a": f"text->audio: each caption queries the split's clips; relevant clips: {t2a_relevant}",

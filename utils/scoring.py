@@ -38,7 +38,7 @@ from utils.config import Config
 from utils.data_utils import LogmelStore, load_split
 from utils.errors import DataError, PipelineError
 from utils.inference import embed_audio, embed_text
-from utils.metrics import metric_definitions, t2a_metrics, t2a_ranks, xmodal_metrics
+from utils.metrics import PAIRED, metric_definitions, t2a_metrics, t2a_ranks, xmodal_metrics
 from utils.relevance import read_relevance, relevance_file
 from utils.retrieval import TEXT_VECTOR_BATCH, LoadedRun, top_k, warn
 from utils.tables import atomic_path, read_audio_table, read_text_table, write_rows
@@ -383,8 +383,8 @@ def evaluate_split(conf: Config, run_dir: Path, split: str) -> SplitReport:
     ev = conf.eval
     rel_path = relevance_file(conf, split)
     rel = None if rel_path is None else read_relevance(rel_path, captions, fnames)  # (n_captions, n_clips)
-    definitions = metric_definitions(ev.recall_ks, ev.map_k, "the clip the caption was written for" if rel is None
-                                     else f"the clips with relevance > 0 in {rel_path}")
+    definitions = metric_definitions(ev.recall_ks, ev.map_k,
+                                     PAIRED if rel is None else f"the clips with relevance > 0 in {rel_path}")
     if t2a is None:
         if rel is None:
             return SplitReport(split, sub)
