@@ -2,6 +2,9 @@
 
     python preprocessing/01_clotho_dataset.py --conf conf.yaml [--set data.dataset_dir=DIR]
 
+Splits of data.sources in the 'pairs' format (own data: a CSV of file_name,caption rows) are read by
+utils/pairs.py, with the same stable IDs and skip reports.
+
 Clips that are missing, empty or unreadable go to <work_dir>/<split>_skipped.csv with the reason;
 the run continues. Per-split statistics are printed and saved to <work_dir>/dataset_stats.json.
 """
@@ -9,24 +12,19 @@ the run continues. Per-split statistics are printed and saved to <work_dir>/data
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from utils import paths
 from utils.cli import make_parser, run
-from utils.clotho import build_paired_split, build_query_split, overall_vocabulary, split_stats
+from utils.clotho import overall_vocabulary, split_stats
+from utils.pairs import build_split
 from utils.tables import AUDIO_COLUMNS, SKIPPED_COLUMNS, TEXT_COLUMNS, write_rows
 
 
 def main(args, conf) -> None:
-    dataset_dir = Path(conf.data.dataset_dir)
     paths.work_dir(conf).mkdir(parents=True, exist_ok=True)
     results, stats = [], {}
     for split in conf.data.all_splits():
-        if split in conf.data.query_splits:
-            tables = build_query_split(split, paths.query_csv(conf, split), paths.audio_dir(conf, split), dataset_dir)
-        else:
-            tables = build_paired_split(split, paths.captions_csv(conf, split), paths.audio_dir(conf, split),
-                                        dataset_dir)
+        tables = build_split(conf, split)
         write_rows(paths.text_table(conf, split), tables.text_rows, TEXT_COLUMNS)
         write_rows(paths.audio_table(conf, split), tables.audio_rows, AUDIO_COLUMNS)
         write_rows(paths.skipped_table(conf, split), tables.skipped, SKIPPED_COLUMNS)

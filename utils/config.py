@@ -40,13 +40,24 @@ class QuerySplitConf:
 
 
 @dataclass
+class SplitSourceConf:
+    """Where a paired split's captions and clips are, and their format (``utils.pairs``)."""
+
+    format: Literal["clotho", "pairs"] = "pairs"  # clotho: file_name,caption_1..5; pairs: file_name,caption rows
+    captions_csv: str = ""  # relative to data.dataset_dir, or absolute; '' = clotho_captions_<split>.csv
+    audio_dir: str = ""  # folder of clips, relative to data.dataset_dir, or absolute; '' = <split>
+
+
+@dataclass
 class DataConf:
     dataset_dir: str = "data/Clotho"  # Clotho root: clotho_captions_<split>.csv and <split>/ wav folders
     work_dir: str | None = None  # where every output goes; None = dataset_dir
     splits: list[str] = field(default_factory=lambda: list(CLOTHO_SPLITS))  # paired splits to preprocess
     query_splits: dict[str, QuerySplitConf] = field(default_factory=dict)  # unpaired splits (challenge test)
-    train_split: str = "development"  # split used for training
-    val_split: str = "validation"  # split used for validation every epoch
+    # paired splits read from elsewhere or in another format (own data); preprocessed like data.splits
+    sources: dict[str, SplitSourceConf] = field(default_factory=dict)
+    train_split: str = "development"  # split used for training; 'a+b' trains on several
+    val_split: str = "validation"  # split used for validation every epoch; 'a+b' pools several
     eval_splits: list[str] = field(default_factory=lambda: ["evaluation"])  # splits scored by postprocessing
     text_embeds: str = "sbert_embeds.hdf5"  # caption-embedding file name inside work_dir
     # split -> CSV of caption,file_name[,relevance] rows (relevance > 0 = relevant; relative to dataset_dir);
@@ -58,7 +69,8 @@ class DataConf:
         return Path(self.work_dir if self.work_dir else self.dataset_dir)
 
     def all_splits(self) -> list[str]:
-        return list(self.splits) + [s for s in self.query_splits if s not in self.splits]
+        paired = list(self.splits) + [s for s in self.sources if s not in self.splits]
+        return paired + [s for s in self.query_splits if s not in paired]
 
 
 @dataclass
@@ -335,6 +347,26 @@ def _check(conf: Config) -> None:
     overlap = set(conf.data.splits) & set(conf.data.query_splits)
     if overlap:
         raise ConfigError(f"data.query_splits and data.splits share {sorted(overlap)}; a split is one or the other")
+    check_sources(conf.data)
+
+
+def check_sources(data: DataConf) -> None:
+    """``data.sources`` and the '+'-joined ``train_split`` / ``val_split`` (see :mod:`utils.pairs`)."""
+    overlap = sorted(set(data.sources) & set(data.query_splits))
+    if overlap:
+        raise ConfigError(f"data.query_splits and data.sources share {overlap}; a split is one or the other")
+    for name, source in data.sources.items():
+        if source.format == "pairs" and not (source.captions_csv and source.audio_dir):
+            raise ConfigError(f"data.sources.{name}: a 'pairs' split needs captions_csv (a CSV of file_name,caption "
+                              "rows) and audio_dir (its clips)")
+    odd = [s for s in data.all_splits() if "+" in s]
+    if odd:
+        raise ConfigError(f"split names {odd} contain '+', which joins splits in data.train_split; rename them")
+    for key in ("train_split", "val_split"):
+        names = getattr(data, key).split("+")
+        if not all(n.strip() for n in names) or len(set(names)) != len(names):
+            raise ConfigError(f"data.{key} '{getattr(data, key)}' must name one split or several joined by '+' "
+                              "(e.g. development+mine), each once")
 
 
 def to_dict(conf: Any) -> dict:

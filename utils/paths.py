@@ -12,14 +12,25 @@ def work_dir(conf: Config) -> Path:
 
 
 def captions_csv(conf: Config, split: str) -> Path:
-    """Clotho's caption file for a paired split: ``clotho_captions_<split>.csv``."""
-    return Path(conf.data.dataset_dir) / f"clotho_captions_{split}.csv"
+    """A paired split's caption file: ``data.sources.<split>.captions_csv``, else ``clotho_captions_<split>.csv``."""
+    source = conf.data.sources.get(split)
+    name = source.captions_csv if source and source.captions_csv else f"clotho_captions_{split}.csv"
+    return Path(conf.data.dataset_dir) / Path(name).expanduser()
 
 
 def audio_dir(conf: Config, split: str) -> Path:
-    """The folder of a split's clips."""
-    query = conf.data.query_splits.get(split)
-    return Path(conf.data.dataset_dir) / (query.audio_dir if query else split)
+    """The folder of a split's clips (an absolute ``audio_dir`` in the config stays absolute)."""
+    query, source = conf.data.query_splits.get(split), conf.data.sources.get(split)
+    name = query.audio_dir if query else source.audio_dir if source and source.audio_dir else split
+    return Path(conf.data.dataset_dir) / Path(name).expanduser()
+
+
+def split_format(conf: Config, split: str) -> str:
+    """``'clotho'``, ``'pairs'`` (``data.sources``) or ``'query'`` (``data.query_splits``)."""
+    if split in conf.data.query_splits:
+        return "query"
+    source = conf.data.sources.get(split)
+    return source.format if source else "clotho"
 
 
 def query_csv(conf: Config, split: str) -> Path:

@@ -26,10 +26,11 @@ from models.audio_encoders import read_torch_file
 from models.core import DualEncoderModel, build_model
 from utils.config import Config, from_dict, to_dict
 from utils.criterion_utils import info_nce
-from utils.data_utils import PairDataset, SplitData, collate_pairs, load_split
+from utils.data_utils import PairDataset, SplitData, collate_pairs
 from utils.errors import PipelineError
 from utils.inference import amp_dtype, autocast, embed_audio, embed_text, resolve_device
 from utils.metrics import xmodal_metrics
+from utils.split_mix import load_splits
 
 
 class TrainingError(PipelineError):
@@ -416,8 +417,8 @@ def _train(conf: Config, restart: bool, d: Dist) -> TrainState:
     # Data first: every missing or inconsistent file is reported before any training starts.
     text_kind = "text" if conf.model.text_enc.name == "SentenceTransformerEncoder" else "embedding"
     need_embeds = text_kind == "embedding"
-    train_data = load_split(conf, conf.data.train_split, need_embeds, conf.train.in_memory)
-    val_data = load_split(conf, conf.data.val_split, need_embeds, conf.train.in_memory)
+    train_data = load_splits(conf, conf.data.train_split, need_embeds, conf.train.in_memory)
+    val_data = load_splits(conf, conf.data.val_split, need_embeds, conf.train.in_memory)
     text_dim = int(train_data.text_embeds.shape[1]) if need_embeds else None
     if need_embeds and val_data.text_embeds.shape[1] != text_dim:
         raise PipelineError("training and validation SBERT vectors differ in size; re-run stage 3")
