@@ -23,7 +23,7 @@ from utils.criterion_utils import info_nce
 from utils.data_utils import PairDataset, collate_pairs
 from utils.errors import DataError
 from utils.metrics import xmodal_metrics
-from utils.pairs import build_pairs_split
+from utils.pairs import build_pairs_split, build_split
 from utils.sbert import update_text_embeddings
 from utils.scoring import read_scores
 from utils.split_mix import load_splits
@@ -130,6 +130,21 @@ def test_ids_are_stable_when_rows_are_added(own):
     assert len(new) == len(old) + 2 and make_fid("mine", "uncaptioned.wav") in {r["fid"] for r in second.audio_rows}
 
 
+def test_clotho_format_source_outside_dataset_dir(tmp_path):
+    make_clotho_split(tmp_path / "elsewhere", "extra", 2)
+    (tmp_path / "elsewhere" / "extra" / "stray.wav").write_bytes(b"")
+    conf = load_config(ROOT / "conf.yaml", [f"data.dataset_dir={tmp_path / 'Clotho'}", "data.splits=[]",
+                                            "data.sources={extra: {format: clotho, captions_csv: "
+                                            f"{tmp_path}/elsewhere/clotho_captions_extra.csv, audio_dir: "
+                                            f"{tmp_path}/elsewhere/extra}}}}"])
+    tables = build_split(conf, "extra")
+    assert [r["path"] for r in tables.audio_rows] == [str(tmp_path / "elsewhere" / "extra" / f"clip {i}, take ({i})"
+                                                          ".wav") for i in range(2)]
+    assert len(tables.text_rows) == 10 and tables.text_rows[0]["tid"] == make_fid("extra", "clip 0, take (0).wav") + "_1"
+    assert tables.skipped == [{"fname": "stray.wav", "path": str(tmp_path / "elsewhere" / "extra" / "stray.wav"),
+                               "reason": "audio file has no captions in the CSV"}]
+
+
 # --------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------
@@ -148,7 +163,7 @@ def test_plain_conf_is_unchanged_and_sources_join_the_splits(tmp_path):
     assert paths.captions_csv(conf, "development") == Path("data/Clotho/clotho_captions_development.csv")
     for bad, message in [("data.sources={mine: {captions_csv: c.csv}}", "needs captions_csv"),
                          ("data.sources={mine: {format: wav}}", "must be one of"),
-                         ("data.train_split=development+development", "each once"),
+                         ("data.train_split=development + development", "each once"),
                          ("data.val_split=validation+", "each once"),
                          ("data.splits=[a+b]", "contain '\\+'")]:
         with pytest.raises(ConfigError, match=message):

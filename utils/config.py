@@ -351,7 +351,7 @@ def _check(conf: Config) -> None:
 
 
 def check_sources(data: DataConf) -> None:
-    """``data.sources`` and the '+'-joined ``train_split`` / ``val_split`` (see :mod:`utils.pairs`)."""
+    """``data.sources`` and the '+'-joined ``train_split`` / ``val_split`` (:mod:`utils.pairs`, :mod:`utils.split_mix`)."""
     overlap = sorted(set(data.sources) & set(data.query_splits))
     if overlap:
         raise ConfigError(f"data.query_splits and data.sources share {overlap}; a split is one or the other")
@@ -363,8 +363,8 @@ def check_sources(data: DataConf) -> None:
     if odd:
         raise ConfigError(f"split names {odd} contain '+', which joins splits in data.train_split; rename them")
     for key in ("train_split", "val_split"):
-        names = getattr(data, key).split("+")
-        if not all(n.strip() for n in names) or len(set(names)) != len(names):
+        names = [n.strip() for n in getattr(data, key).split("+")]
+        if not all(names) or len(set(names)) != len(names):
             raise ConfigError(f"data.{key} '{getattr(data, key)}' must name one split or several joined by '+' "
                               "(e.g. development+mine), each once")
 
