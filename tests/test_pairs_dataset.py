@@ -9,6 +9,7 @@ import json
 import zlib
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import soundfile as sf
@@ -278,8 +279,15 @@ def test_stage1_tables_for_a_clotho_and_a_pairs_split(mixed):
 
 
 def test_mixed_training_batches_keep_same_clip_captions_apart(mixed):
-    conf_path, _, _, counts = mixed
+    conf_path, clotho, _, counts = mixed
     run_stages_1_to_3(conf_path)
+    mels = clotho / "mine_audio_logmels.hdf5"
+    with h5py.File(mels, "r") as h5:
+        assert set(h5) == {r["fid"] for r in read_rows(clotho / "mine_audio.csv")}
+    before = mels.stat().st_mtime_ns
+    stage2 = load_script("preprocessing", "02_audio_logmel.py")  # a rerun finds every clip done (resumable)
+    stage2.run(stage2.main, stage2.parser, ["--conf", str(conf_path), "--no-progress"])
+    assert mels.stat().st_mtime_ns == before
     conf = load_config(conf_path)
     data = load_splits(conf, conf.data.train_split)
     assert data.split == "development+mine" and len(data.fids) == 6 + 7
