@@ -79,7 +79,7 @@ def own(tmp_path):
             ("empty.wav", "An empty file."),
             ("blank caption.wav", "   "),
             (ODD[0][0].upper(), "Upper-case spelling of the same file."),  # an unambiguous loose match
-            (" Rain, thunder (far) #2.wav", "Storm outside a window.")]
+            ("./ Rain, thunder (far) #2.wav", "Storm outside a window.")]
     write_pairs(tmp_path / "mine" / "captions.csv", rows)
     return tmp_path / "mine"
 

@@ -75,7 +75,7 @@ def table_path(path: Path, dataset_dir: Path) -> str:
 def _find(csv_name: str, audio_dir: Path, indexes: dict[str, ClipIndex]) -> tuple[Path, str] | None:
     """The file of a CSV name (possibly ``sub/name.wav``) and its canonical name, or None."""
     sub, _, base = name_key(csv_name).replace("\\", "/").rpartition("/")
-    sub = "/".join(part.strip() for part in sub.split("/")) if sub else ""
+    sub = "/".join(p.strip() for p in sub.split("/") if p.strip() not in ("", "."))  # './a.wav' = 'a.wav'
     if sub not in indexes:
         indexes[sub] = ClipIndex.scan(audio_dir / sub if sub else audio_dir)
     path = indexes[sub].find(base)
