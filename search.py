@@ -29,6 +29,11 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def printable(name: str) -> str:
+    """``name`` with control characters (a newline in a file name) escaped as ``\\n``, ``\\x1b``: one line."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in name)
+
+
 def format_results(query: str, results: list[tuple[str, float]], folder: Path) -> str:
     """A small table: rank, score and the file's path relative to ``folder``."""
     lines = [f"query: {query}", f"{'rank':>4}  {'score':>7}  file"]
@@ -37,7 +42,7 @@ def format_results(query: str, results: list[tuple[str, float]], folder: Path) -
             shown = Path(path).relative_to(folder).as_posix()
         except ValueError:
             shown = path
-        lines.append(f"{rank:>4}  {score:>7.4f}  {shown}")
+        lines.append(f"{rank:>4}  {score:>7.4f}  {printable(shown)}")
     return "\n".join(lines)
 
 

@@ -16,9 +16,11 @@ import time
 
 from utils.cli import make_parser
 from utils.retrieval import load_run
+from utils.robust_io import ensure_writable
 from utils.scoring import (
     add_run_args,
     eval_config,
+    eval_dir,
     load_split_inputs,
     run_dir_of,
     run_script,
@@ -31,6 +33,7 @@ from utils.scoring import (
 
 def main(args, conf) -> None:
     run_dir = run_dir_of(args, conf)
+    ensure_writable(eval_dir(run_dir), "evaluation results")  # before the work, not after it
     loaded = load_run(run_dir, args.checkpoint or conf.eval.checkpoint, args.device or conf.train.device)
     conf = eval_config(conf, loaded.conf)
     print(f"run {run_dir}: checkpoints/{loaded.checkpoint}.pt (epoch {loaded.epoch}) on {loaded.device}")

@@ -16,11 +16,13 @@ import numpy as np
 
 from utils.cli import make_parser
 from utils.metrics import format_table
-from utils.scoring import add_run_args, evaluate_split, run_dir_of, run_script, splits_to_score
+from utils.robust_io import ensure_writable
+from utils.scoring import add_run_args, eval_dir, evaluate_split, run_dir_of, run_script, splits_to_score
 
 
 def main(args, conf) -> None:
     run_dir = run_dir_of(args, conf)
+    ensure_writable(eval_dir(run_dir), "evaluation results")  # before the work, not after it
     for split in splits_to_score(conf, args.splits):
         report = evaluate_split(conf, run_dir, split)
         if report.metrics is None:

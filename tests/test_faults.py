@@ -2,18 +2,33 @@
 
 Every test here failed on the code before the fix it guards."""
 
+import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
 import torch
-from conftest import ROOT, write_config
+from conftest import ROOT, make_work_dir, write_config
+
+from utils.logmel import extract_split
+from utils.sbert import update_text_embeddings
+from utils.tables import AUDIO_COLUMNS, TEXT_COLUMNS, read_rows, write_rows
 
 MAIN = str(ROOT / "main.py")
 
 
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}  # this checkout's code, whatever is installed
+
+
 def run_main(conf_path, *extra, timeout=600):
     return subprocess.run([sys.executable, MAIN, "--conf", str(conf_path), *extra], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, env=ENV)
 
 
 class _Payload:
@@ -58,3 +73,184 @@ def test_no_unsafe_torch_load_in_the_project():
         if "weights_only=" + "False" in path.read_text():
             offenders.append(path.name)
     assert offenders == []
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Crash consistency: kill -9 at each of the first file renames, rerun, and everything is whole
+# --------------------------------------------------------------------------------------------
+
+KILL_POINTS = range(1, 9)  # config, run info, metrics; then best.pt, last.pt, curves per epoch (2 epochs: >= 8)
+ONE_STEP = {"epochs": 2, "max_steps_per_epoch": 1}
+
+
+def test_kill_at_each_rename_then_rerun_loses_nothing(tmp_path):
+    work = make_work_dir(tmp_path / "work", {"development": 8, "validation": 4}, frames=(64, 72))
+    cases, runs = [], {}
+    for n in KILL_POINTS:
+        run_dir = tmp_path / "runs" / f"kill{n}"
+        conf = write_config(tmp_path / f"c{n}.yaml", work, run_dir, train=ONE_STEP)
+        cases.append(f"{n}:{conf}:{run_dir}")
+        runs[n] = run_dir
+    result_path = tmp_path / "crash.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_harness.py"), str(result_path), *cases],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for result in json.loads(result_path.read_text()):
+        n, run_dir = result["n"], runs[result["n"]]
+        assert result["killed"], f"kill point {n} was never reached"
+        assert result["rerun_rc"] == 0 and result["score_rc"] == 0, result
+        last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+        best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+        assert last["state"]["epoch"] == 2 and best["epoch"] == last["state"]["best_epoch"], n
+        epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2], (n, epochs)
+        assert (run_dir / "eval" / "validation_xmodal_scores.hdf5").is_file()
+        leftovers = [p.name for p in run_dir.rglob(".*tmp*")]
+        assert leftovers == [], (n, leftovers)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared: a trained one-step run, copied by each test that damages it
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    work = make_work_dir(tmp / "work", {"development": 8, "validation": 4}, frames=(64, 72))
+    run_dir = tmp / "runs" / "base"
+    conf = write_config(tmp / "c.yaml", work, run_dir, train=ONE_STEP)
+    proc = run_main(conf)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {"work": work, "run": run_dir, "conf": conf}
+
+
+def copy_run(trained, tmp_path, **sections):
+    run_dir = tmp_path / "runs" / "copy"
+    shutil.copytree(trained["run"], run_dir)
+    conf = write_config(tmp_path / "c.yaml", trained["work"], run_dir, train=dict(ONE_STEP), **sections)
+    return run_dir, conf
+
+
+def one_error_line(proc, *needles):
+    """The process exited 2 with exactly one stderr line, ``error: ...``, containing every needle."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def run_script(script, *args, timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=ENV)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Bad clips: skipped with a reason, left out of training with a count; never stored non-finite
+# --------------------------------------------------------------------------------------------
+
+SR = 8000
+
+
+def _tone(seconds=1.5, sr=SR):
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def write_bad_clips(folder: Path) -> dict[str, str]:
+    """fname -> the reason stage 2 must give (None: readable, maybe with a warning)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sf.write(folder / "full.flac", _tone(), SR)
+    data = (folder / "full.flac").read_bytes()
+    (folder / "truncated.flac").write_bytes(data[: len(data) // 3])
+    (folder / "full.flac").unlink()
+    y = _tone()
+    y[100] = np.inf
+    sf.write(folder / "inf.wav", y, SR, subtype="FLOAT")
+    sf.write(folder / "huge.wav", _tone() * np.float32(1e20), SR, subtype="FLOAT")
+    sf.write(folder / "slow.wav", _tone(60, 40), 40)  # 40 Hz: every mel band empty
+    sf.write(folder / "cut.wav", _tone(), SR, subtype="PCM_16")
+    data = (folder / "cut.wav").read_bytes()
+    (folder / "cut.wav").write_bytes(data[: len(data) * 2 // 3])  # header still promises every sample
+    return {"truncated.flac": "undecodable", "inf.wav": "NaN or infinite", "huge.wav": "not finite",
+            "slow.wav": "too low", "cut.wav": None}
+
+
+def test_bad_clips_are_skipped_with_reasons_and_training_goes_on(tmp_path):
+    work = make_work_dir(tmp_path / "work", {"development": 10, "validation": 4}, frames=(64, 72))
+    expected = write_bad_clips(work / "development")
+    rows = read_rows(work / "development_audio.csv")
+    for row, fname in zip(rows, expected, strict=False):  # the first clips get the bad files
+        row.update(fname=fname, path=f"development/{fname}")
+    for row in rows[len(expected):]:
+        sf.write(work / "development" / f"{row['fid']}.wav", _tone(), SR, subtype="PCM_16")
+        row.update(fname=f"{row['fid']}.wav", path=f"development/{row['fid']}.wav")
+    write_rows(work / "development_audio.csv", rows, AUDIO_COLUMNS)
+    fnames = {r["fid"]: r["fname"] for r in rows}
+    text_rows = read_rows(work / "development_text.csv")
+    for r in text_rows:
+        r["fname"] = fnames[r["fid"]]
+    write_rows(work / "development_text.csv", text_rows, TEXT_COLUMNS)
+    with h5py.File(work / "sbert_embeds.hdf5", "r") as h5:
+        vectors = h5["development/embeds"][()]
+    update_text_embeddings(work / "sbert_embeds.hdf5", {"development": text_rows}, "synthetic", lambda t: vectors)
+    conf = write_config(tmp_path / "c.yaml", work, tmp_path / "runs" / "bad", train=ONE_STEP,
+                        features={"workers": 1})
+
+    stage2 = run_script("preprocessing/02_audio_logmel.py", "--conf", conf, "--splits", "development",
+                        "--no-progress")
+    assert stage2.returncode == 0, stage2.stderr[-3000:]
+    assert "cut.wav is truncated" in stage2.stderr  # a warning, and the clip is kept
+    report = {r["fname"]: r["reason"] for r in read_rows(work / "development_skipped.csv")}
+    bad = {f: why for f, why in expected.items() if why}
+    assert set(report) == set(bad)
+    for fname, why in bad.items():
+        assert why in report[fname], (fname, report[fname])
+    with h5py.File(work / "development_audio_logmels.hdf5", "r") as h5:
+        stored = {fnames[fid] for fid in h5}
+        assert stored == set(fnames.values()) - set(bad)
+        assert all(np.isfinite(h5[fid][()]).all() for fid in h5)
+
+    again = run_script("preprocessing/02_audio_logmel.py", "--conf", conf, "--splits", "development",
+                       "--no-progress")
+    assert again.returncode == 0 and set(read_rows(work / "development_skipped.csv")[0]) >= {"reason"}
+
+    proc = run_main(conf)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"leaving out {len(bad)} clip(s) of 'development' ({5 * len(bad)} captions)" in proc.stderr
+
+
+def test_stage2_never_keeps_non_finite_features(tmp_path):
+    """An HDF5 holding NaN features (as older code stored for a 1e20-amplitude clip) is not 'up to date'."""
+    folder = tmp_path / "development"
+    folder.mkdir()
+    rows = []
+    for i, y in enumerate([_tone(), _tone() * np.float32(1e20)]):
+        sf.write(folder / f"c{i}.wav", y, SR, subtype="FLOAT")
+        rows.append({"fid": f"dev_{i}", "fname": f"c{i}.wav", "path": f"development/c{i}.wav", "duration": "1.5",
+                     "sample_rate": str(SR)})
+    out = tmp_path / "out.hdf5"
+    extract_split(rows[:1], tmp_path, out, tmp_path / "s.csv", workers=1, progress=False)
+    with h5py.File(out, "a") as h5:
+        h5["dev_1"] = np.full((80, 64), np.nan, np.float32)  # what the old code stored
+    summary = extract_split(rows, tmp_path, out, tmp_path / "s.csv", workers=1, progress=False)
+    assert not summary.up_to_date and [r["fname"] for r in summary.skipped] == ["c1.wav"]
+    with h5py.File(out, "r") as h5:
+        assert sorted(h5) == ["dev_0"]
+
+
+def test_search_skips_a_clip_with_non_finite_features(trained, tmp_path):
+    from utils.retrieval import Retriever
+
+    folder = tmp_path / "sounds"
+    folder.mkdir()
+    sf.write(folder / "ok.wav", _tone(), SR, subtype="PCM_16")
+    sf.write(folder / "huge.wav", _tone() * np.float32(1e20), SR, subtype="FLOAT")
+    r = Retriever.from_run(trained["run"], device="cpu")
+    update = r.index_folder(folder, progress=False)
+    assert update.skipped == ["huge.wav"] and update.added == ["ok.wav"]  # unreadable is not "added"
+    assert "1 added" in update.summary() and "1 unreadable" in update.summary()
+    assert np.isfinite(r.index.embeddings).all() and len(r.index) == 1

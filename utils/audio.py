@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from utils.errors import DataError
+from utils.robust_io import wav_truncation
 
 # Containers whose 16-bit PCM soundfile decodes exactly as int / 32768; read as int16 and scaled
 # ourselves, which is 4x faster than libsndfile's own float conversion and bit-identical to it.
@@ -58,6 +60,8 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise AudioReadError(path, "zero-length audio (no samples)")
     if not np.isfinite(y).all():
         raise AudioReadError(path, "audio contains NaN or infinite samples")
+    if path.suffix.lower() in (".wav", ".wave") and (note := wav_truncation(path)):
+        print(f"warning: {path} is {note}; using the samples it holds", file=sys.stderr)
     return y, sr
 
 

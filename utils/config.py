@@ -17,7 +17,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from utils.config_checks import range_problem
 from utils.errors import PipelineError
+from utils.robust_io import describe_yaml_error
 
 CLOTHO_SPLITS = ["development", "validation", "evaluation"]
 
@@ -284,8 +286,8 @@ def load_config(path: str | os.PathLike = "conf.yaml", overrides: list[str] | No
         raise ConfigError(f"config file not found: {path} (pass --conf PATH)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} {describe_yaml_error(err)}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must contain a mapping at top level")
     raw = _fix_yaml_floats(raw)
@@ -313,6 +315,8 @@ def _fix_yaml_floats(node: Any) -> Any:
 
 
 def _check(conf: Config) -> None:
+    if problem := range_problem(conf):
+        raise ConfigError(problem)
     if conf.model.audio_enc.out_dim != conf.model.text_enc.out_dim:
         raise ConfigError(
             "model.audio_enc.out_dim and model.text_enc.out_dim must be equal "

@@ -7,6 +7,7 @@ Item and batch schemas:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torch.utils.data import Dataset
 from utils import paths
 from utils.config import Config
 from utils.errors import DataError
-from utils.tables import read_text_table
+from utils.tables import SKIPPED_COLUMNS, read_rows, read_text_table
 
 
 class LogmelStore:
@@ -34,9 +35,13 @@ class LogmelStore:
             raise DataError(f"log-mel features not found: {self.path}. Run preprocessing/02_audio_logmel.py first.")
         self._h5: h5py.File | None = None
         self._pid: int | None = None
-        with h5py.File(self.path, "r") as f:
-            self._shapes = {k: f[k].shape for k in f.keys()}
-            self._cache = {k: f[k][()] for k in f.keys()} if in_memory else None
+        try:
+            with h5py.File(self.path, "r") as f:
+                self._shapes = {k: f[k].shape for k in f.keys()}
+                self._cache = {k: f[k][()] for k in f.keys()} if in_memory else None
+        except (OSError, RuntimeError, KeyError, ValueError) as err:  # truncated, or damaged metadata
+            raise DataError(f"log-mel features {self.path} are unreadable ({str(err).splitlines()[0][:200]}); "
+                            "re-run preprocessing/02_audio_logmel.py, which rebuilds it") from err
 
     def _file(self) -> h5py.File:
         import os
@@ -89,6 +94,7 @@ def load_split(conf: Config, split: str, need_embeds: bool = True, in_memory: bo
     if not rows:
         raise DataError(f"{paths.text_table(conf, split)} has no captions; check stage 1's output for '{split}'")
     store = LogmelStore(paths.logmels(conf, split), in_memory=in_memory)
+    all_rows, rows = rows, drop_skipped_clips(conf, split, rows, store)
     fid_index: dict[str, int] = {}
     for r in rows:
         fid_index.setdefault(r["fid"], len(fid_index))
@@ -104,8 +110,32 @@ def load_split(conf: Config, split: str, need_embeds: bool = True, in_memory: bo
     if need_embeds:
         from utils.sbert import load_text_embeddings
 
-        embeds = load_text_embeddings(paths.text_embeds(conf), split, rows)
+        embeds = load_text_embeddings(paths.text_embeds(conf), split, all_rows)  # (n_all, D)
+        if len(rows) < len(all_rows):
+            kept = {id(r) for r in rows}
+            embeds = embeds[[i for i, r in enumerate(all_rows) if id(r) in kept]]  # (n_texts, D)
     return SplitData(split, rows, list(fid_index), np.array([fid_index[r["fid"]] for r in rows]), store, embeds)
+
+
+def drop_skipped_clips(conf: Config, split: str, rows: list[dict], store: LogmelStore) -> list[dict]:
+    """``rows`` without the clips that have no features because the skip report lists them as unreadable
+    (stage 2 could not decode them, or their log-mels were not finite); prints how many were left out."""
+    report = paths.skipped_table(conf, split)
+    if all(r["fid"] in store for r in rows) or not report.is_file():
+        return rows
+    reasons = {r["fname"]: r["reason"] for r in read_rows(report, SKIPPED_COLUMNS)}
+    dropped = {r["fid"]: r["fname"] for r in rows if r["fid"] not in store and r["fname"] in reasons}
+    if not dropped:
+        return rows
+    kept = [r for r in rows if r["fid"] not in dropped]
+    if not kept:
+        raise DataError(f"every clip of '{split}' is listed as unreadable in {report}; fix the clips, then re-run "
+                        "preprocessing stages 1 and 2")
+    example = next(iter(dropped.values()))
+    print(f"warning: leaving out {len(dropped)} clip(s) of '{split}' ({len(rows) - len(kept)} captions) that "
+          f"stage 2 skipped, listed with the reason in {report} (e.g. {example}: {reasons[example]})",
+          file=sys.stderr)
+    return kept
 
 
 class PairDataset(Dataset):

@@ -96,6 +96,25 @@ def frame_spec(sr: int, n_mels: int = N_MELS, win_sec: float = WIN_SEC, hop_sec:
     return FrameSpec(sr=int(sr), win=win, hop=hop, n_fft=n_fft, n_mels=n_mels)
 
 
+def rate_problem(sr: int, n_mels: int = N_MELS, win_sec: float = WIN_SEC, hop_sec: float = HOP_SEC) -> str | None:
+    """Why ``sr`` cannot give ``n_mels`` informative bands (some mel filters would be empty), or None."""
+    s = frame_spec(sr, n_mels, win_sec, hop_sec)
+    empty = int((mel_filters(sr, s.n_fft, n_mels).max(axis=1) == 0).sum())
+    if empty:
+        return (f"sample rate {sr} Hz is too low for {n_mels} mel bands with a {win_sec} s window "
+                f"({empty} band(s) would be empty)")
+    return None
+
+
+def features_problem(feat: np.ndarray) -> str | None:
+    """Why log-mels ``(T, n_mels)`` must not be stored (NaN or infinite values), or None."""
+    bad = int((~np.isfinite(feat)).sum())
+    if bad:
+        return (f"log-mels not finite ({bad} of {feat.size} values NaN or infinite; "
+                "amplitude far beyond [-1, 1]?)")
+    return None
+
+
 @functools.lru_cache(maxsize=64)
 def mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     """``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)``: ``(n_mels, 1 + n_fft//2)`` float32.
@@ -405,6 +424,8 @@ def extract_split(audio_rows: Iterable[dict], dataset_dir: str | os.PathLike, ou
     _remove_stale_temps(out_path.parent, out_path.name)
 
     existing = _existing_frames(out_path, params)  # fid -> T of a valid existing HDF5, else None
+    damaged = existing is not None and 0 in existing.values()  # non-finite clips: never "up to date"
+    existing = None if existing is None else {fid: t for fid, t in existing.items() if t}
     if existing is not None and existing.keys() == wanted:
         if parts_dir.exists():
             shutil.rmtree(parts_dir)
@@ -415,7 +436,7 @@ def extract_split(audio_rows: Iterable[dict], dataset_dir: str | os.PathLike, ou
                               up_to_date=True)
 
     _open_parts_dir(parts_dir, params)
-    rebuild = existing is None  # no usable HDF5 in place: write one even if no clip succeeds
+    rebuild = existing is None or damaged  # no usable HDF5 in place: write one even if no clip succeeds
     existing = existing or {}
     done = {fid: t for fid, t in existing.items() if fid in wanted}  # fid -> T, already finished
     from_parts = _finished_parts(parts_dir, [c for c in clips if c.fid not in done], n_mels)
@@ -433,6 +454,11 @@ def extract_split(audio_rows: Iterable[dict], dataset_dir: str | os.PathLike, ou
                 failed.append({"fname": clip.fname, "path": clip.rel, "reason": f"{SKIP_PREFIX}{reason}"})
     done.update(computed)
 
+    if not done and clips:
+        _merge_skipped(Path(skipped_path), clips, failed)
+        kept = f"{out_path} left as it was" if out_path.exists() else "nothing written"
+        raise DataError(f"not one of the {len(clips)} clips could be turned into log-mels ({kept}); the reasons "
+                        f"are in {skipped_path}, e.g. {failed[0]['fname']}: {failed[0]['reason']}")
     if rebuild or done.keys() != existing.keys():
         order = [c.fid for c in clips if c.fid in done]
         _assemble(out_path, order, existing, parts_dir, params)
@@ -478,10 +504,10 @@ def _existing_frames(out_path: Path, params: dict) -> dict[str, int] | None:
             if stored != params:
                 print(f"{out_path} was made with other settings or an older version; rebuilding it")
                 return None
-            return {fid: int(ds.shape[0]) for fid, ds in h5.items()
+            return {fid: int(ds.shape[0]) * (features_problem(ds[()]) is None) for fid, ds in h5.items()
                     if isinstance(ds, h5py.Dataset) and ds.ndim == 2 and ds.shape[1] == params["n_mels"]
-                    and ds.dtype == np.float32}
-    except OSError as err:
+                    and ds.dtype == np.float32}  # T of a non-finite clip is 0: computed again
+    except (OSError, RuntimeError, KeyError, ValueError) as err:  # truncated, or damaged metadata
         print(f"warning: {out_path} is unreadable ({err}); rebuilding it", file=sys.stderr)
         return None
 
@@ -682,12 +708,17 @@ def _extract_one(task: tuple) -> tuple[str, int, str | None]:
     fid, path, part, n_mels, win_sec, hop_sec = task
     try:
         y, sr = load_audio(path)
-        frame_spec(sr, n_mels, win_sec, hop_sec)
+        problem = rate_problem(sr, n_mels, win_sec, hop_sec)
     except AudioReadError as err:
         return fid, 0, err.reason
     except ValueError as err:  # a sample rate too low for the window
         return fid, 0, str(err)
-    feat = logmel(y, sr, n_mels, win_sec, hop_sec)  # (T, mels)
+    if problem:
+        return fid, 0, problem
+    with np.errstate(over="ignore", invalid="ignore"):
+        feat = logmel(y, sr, n_mels, win_sec, hop_sec)  # (T, mels)
+    if problem := features_problem(feat):
+        return fid, 0, problem
     _save_part(Path(part), feat, sr)
     return fid, feat.shape[0], None
 
@@ -696,12 +727,12 @@ def _load_one(task: tuple) -> tuple[tuple, np.ndarray | None, int, str | None]:
     """Worker of the batched path: decode only."""
     try:
         y, sr = load_audio(task[1])
-        frame_spec(sr, *task[3:])
+        problem = rate_problem(sr, *task[3:])
     except AudioReadError as err:
         return task, None, 0, err.reason
     except ValueError as err:  # a sample rate too low for the window
         return task, None, 0, str(err)
-    return task, y, sr, None
+    return task, (None if problem else y), sr, problem
 
 
 _BATCH_SAMPLES = 1 << 25  # samples per GPU batch (~25 clips of 30 s at 44.1 kHz; a 0.6 GB complex128 STFT)
@@ -717,6 +748,9 @@ def _run_batched(tasks: list[tuple], workers: int, device: str) -> Iterator[tupl
         _, n_mels, win_sec, hop_sec = group[0][0][2:]
         feats = logmel_torch_batch([y for _, y in group], sr, device, n_mels, win_sec, hop_sec)
         for (task, _), feat in zip(group, feats, strict=True):
+            if problem := features_problem(feat):
+                yield task[0], 0, problem
+                continue
             _save_part(Path(task[2]), feat, sr)
             yield task[0], feat.shape[0], None
 

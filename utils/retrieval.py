@@ -119,7 +119,13 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str |
     path = checkpoint_path(run_dir, checkpoint)
     ckpt = load_checkpoint(path)
     if (run_dir / "config.yaml").is_file():
-        conf = load_run_config(run_dir)
+        try:
+            conf = load_run_config(run_dir)
+        except PipelineError as err:
+            if not isinstance(ckpt.get("config"), dict):
+                raise
+            warn(f"{err}; using the config saved in {path} instead")
+            conf = from_dict(ckpt["config"])
     elif isinstance(ckpt.get("config"), dict):
         conf = from_dict(ckpt["config"])
     else:
@@ -162,7 +168,7 @@ def clip_features(item: AudioItem, features: FeatureConf) -> np.ndarray:
             tuple (mono or ``(samples, channels)`` waveform), or log-mels ``(time, n_mels)`` used as they are.
     """
     from utils.audio import load_audio
-    from utils.logmel import logmel
+    from utils.logmel import features_problem, logmel, rate_problem
 
     if isinstance(item, (str, os.PathLike)):
         y, sr = load_audio(item)
@@ -176,7 +182,14 @@ def clip_features(item: AudioItem, features: FeatureConf) -> np.ndarray:
             raise ValueError(f"expected a path, a (y, sr) tuple or log-mels (time, {features.n_mels}); "
                              f"got an array of shape {mel.shape}")
         return mel
-    return logmel(y, sr, features.n_mels, features.win_sec, features.hop_sec)  # (time, n_mels)
+    f = features
+    if problem := rate_problem(sr, f.n_mels, f.win_sec, f.hop_sec):
+        raise DataError(problem)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mel = logmel(y, sr, f.n_mels, f.win_sec, f.hop_sec)  # (time, n_mels)
+    if problem := features_problem(mel):
+        raise DataError(problem)
+    return mel
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -510,6 +523,9 @@ class Retriever:
         update.added = [p for p in todo if p not in old_stat and p not in old.skipped]
 
         new_paths, new_emb = self._embed_files(folder, todo, found, skipped, update, progress)
+        unreadable = set(update.skipped)
+        update.added = [p for p in update.added if p not in unreadable]
+        update.changed = [p for p in update.changed if p not in unreadable]
         paths = [old.paths[r] for r in keep_rows] + new_paths
         emb = np.concatenate([old.embeddings[keep_rows], new_emb]) if paths else old.embeddings[:0]
         order = np.argsort(np.array(paths, dtype=str), kind="stable") if paths else np.empty(0, np.int64)

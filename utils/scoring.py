@@ -32,7 +32,7 @@ import torch
 from utils import paths
 from utils.cli import run
 from utils.config import Config
-from utils.data_utils import LogmelStore, load_split
+from utils.data_utils import LogmelStore, drop_skipped_clips, load_split
 from utils.errors import DataError, PipelineError
 from utils.inference import embed_audio, embed_text
 from utils.metrics import t2a_ranks, xmodal_metrics
@@ -157,6 +157,7 @@ def load_split_inputs(conf: Config, split: str, text_kind: str = "embedding",
         if not audio_rows:
             raise DataError(f"{paths.audio_table(conf, split)} lists no clips; check stage 1's output for '{split}'")
         store = LogmelStore(paths.logmels(conf, split))
+        audio_rows = drop_skipped_clips(conf, split, audio_rows, store)
         fids = [r["fid"] for r in audio_rows]
         missing = [f for f in fids if f not in store]
         if missing:

@@ -30,6 +30,8 @@ from utils.data_utils import PairDataset, SplitData, collate_pairs, load_split
 from utils.errors import PipelineError
 from utils.inference import amp_dtype, autocast, embed_audio, embed_text, resolve_device
 from utils.metrics import xmodal_metrics
+from utils.resume_checks import checkpoint_readable, model_settings_differ
+from utils.robust_io import ensure_writable, load_yaml_mapping, remove_stale_temps
 
 
 class TrainingError(PipelineError):
@@ -147,7 +149,7 @@ def library_versions() -> dict:
 
 
 def write_run_info(run_dir: Path, conf: Config, device: torch.device, d: Dist) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(conf), sort_keys=False), encoding="utf-8")
+    _atomic_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(conf), sort_keys=False))
     info = {
         "seed": conf.train.seed,
         "git_commit": git_commit(),
@@ -157,7 +159,13 @@ def write_run_info(run_dir: Path, conf: Config, device: torch.device, d: Dist) -
         "world_size": d.world,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    _atomic_text(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -172,7 +180,7 @@ def load_run_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise PipelineError(f"{path} not found: is {run_dir} a run directory made by main.py?")
-    return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return from_dict(load_yaml_mapping(path, "run config", "restore it, or delete it to use the checkpoint's copy"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,8 +219,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     os.replace(tmp, path)
 
@@ -425,23 +433,36 @@ def _train(conf: Config, restart: bool, d: Dist) -> TrainState:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     state = TrainState()
     if resuming:
-        ckpt = read_torch_file(last_path, "train again with --restart")
+        try:
+            ckpt = read_torch_file(last_path, "train again with --restart")
+        except PipelineError as err:
+            raise PipelineError(f"cannot resume: {err}; or train from scratch with --restart") from err
+        if differ := model_settings_differ(ckpt.get("config"), to_dict(conf)):
+            raise PipelineError(f"cannot resume from {last_path}: it was trained with {differ}; restore that "
+                                "setting, choose another run.name, or train from scratch with --restart")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         state = TrainState(**ckpt["state"])
+        if d.main:
+            _repair_best(ckpt_dir / "best.pt", ckpt, state)
         if d.rank == 0:
             set_rng_state(ckpt["rng"])
         if d.main:
             print(f"resuming {run_dir} after epoch {state.epoch} (step {state.step})")
     if state.stopped_early or state.epoch >= conf.train.epochs:
         if d.main:
+            _rewrite_metrics(run_dir / "metrics.jsonl", state.history)  # an epoch whose line a kill lost
+            remove_stale_temps(run_dir)
+            remove_stale_temps(ckpt_dir)
             print(f"{run_dir} already finished ({state.epoch} epochs); use --restart to train again")
         return state
 
     if d.main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable(ckpt_dir, "checkpoints")  # before an epoch of work, not after it
+        remove_stale_temps(ckpt_dir)  # .last.pt.tmp-PID of killed writes
+        remove_stale_temps(run_dir)
         write_run_info(run_dir, conf, device, d)
         _rewrite_metrics(run_dir / "metrics.jsonl", state.history)
     wandb_run = _maybe_wandb(conf, d)
@@ -479,10 +500,10 @@ def _train(conf: Config, restart: bool, d: Dist) -> TrainState:
             state.stopped_early = True
         if d.main:
             ckpt = _checkpoint(model, optimizer, scheduler, scaler, state, conf, text_dim)
-            atomic_save(ckpt, last_path)
-            if improved:
+            if improved:  # best.pt before the last.pt that records it: a kill between them loses nothing
                 atomic_save({"model": ckpt["model"], "config": ckpt["config"], "text_dim": text_dim,
                              "epoch": state.epoch, "val": val}, ckpt_dir / "best.pt")
+            atomic_save(ckpt, last_path)
             _append_jsonl(run_dir / "metrics.jsonl", record)
             plot_curves(state.history, run_dir / "curves.png")
             t2a = val["val_t2a"]
@@ -506,6 +527,20 @@ def _train(conf: Config, restart: bool, d: Dist) -> TrainState:
     return state
 
 
+def _repair_best(best_path: Path, ckpt: dict, state: TrainState) -> None:
+    """A run whose best.pt is missing or damaged (a kill under older code, a disk error) gets last.pt's model
+    as best.pt, and that epoch's score as the best, so that later epochs replace it only if they are better."""
+    if state.epoch == 0 or checkpoint_readable(best_path):
+        return
+    if state.best_epoch != state.epoch:
+        print(f"warning: {best_path} is missing or damaged; saving the model of epoch {state.epoch} (last.pt) as "
+              f"best.pt instead of epoch {state.best_epoch}'s", file=sys.stderr)
+        state.best_map = state.history[-1]["val_t2a"]["mAP@10"] if state.history else -1.0
+        state.best_epoch = state.epoch
+    atomic_save({"model": ckpt["model"], "config": ckpt["config"], "text_dim": ckpt.get("text_dim"),
+                 "epoch": state.epoch, "val": state.history[-1] if state.history else {}}, best_path)
+
+
 def _append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as stream:
         stream.write(json.dumps(record) + "\n")
@@ -515,9 +550,7 @@ def _append_jsonl(path: Path, record: dict) -> None:
 
 def _rewrite_metrics(path: Path, history: list[dict]) -> None:
     """metrics.jsonl = exactly the epochs in the checkpoint (drops lines of an epoch lost to a kill)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
-    os.replace(tmp, path)
+    _atomic_text(path, "".join(json.dumps(h) + "\n" for h in history))
 
 
 def _maybe_wandb(conf: Config, d: Dist):
