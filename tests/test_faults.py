@@ -2,11 +2,13 @@
 
 Every test here failed on the code before the fix it guards."""
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import h5py
@@ -16,6 +18,11 @@ import soundfile as sf
 import torch
 from conftest import ROOT, make_work_dir, write_config
 
+from utils.clotho import read_captions_csv
+from utils.config import Config, ConfigError, load_config
+from utils.config_checks import RANGES
+from utils.data_utils import LogmelStore
+from utils.errors import DataError
 from utils.logmel import extract_split
 from utils.sbert import update_text_embeddings
 from utils.tables import AUDIO_COLUMNS, TEXT_COLUMNS, read_rows, write_rows
@@ -59,6 +66,20 @@ def test_resume_refuses_a_checkpoint_that_runs_code(tiny_work, tmp_path):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(last) in err[0]
     assert "Python objects other than tensors" in err[0]
+
+
+def test_scoring_and_search_say_why_a_checkpoint_is_refused(tmp_path):
+    """Search and scoring load checkpoints through utils.retrieval.load_checkpoint: a refused file is
+    reported as holding Python objects, not as 'corrupt or truncated'."""
+    from utils.retrieval import load_checkpoint
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "best.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "extra": _Payload(marker)}, path)
+    with pytest.raises(DataError) as err:
+        load_checkpoint(path)
+    assert "Python objects other than tensors" in str(err.value) and "corrupt" not in str(err.value)
+    assert not marker.exists()
 
 
 def test_no_unsafe_torch_load_in_the_project():
@@ -254,3 +275,175 @@ def test_search_skips_a_clip_with_non_finite_features(trained, tmp_path):
     assert update.skipped == ["huge.wav"] and update.added == ["ok.wav"]  # unreadable is not "added"
     assert "1 added" in update.summary() and "1 unreadable" in update.summary()
     assert np.isfinite(r.index.embeddings).all() and len(r.index) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Impossible settings fail at start, with the allowed range, and destroy nothing
+# --------------------------------------------------------------------------------------------
+
+BAD_SETTINGS = ["features.hop_sec=0", "features.n_mels=0", "train.epochs=0", "train.log_every=0",
+                "train.eval_batch_size=0", "text.batch_size=0", "train.num_workers=-1", "features.workers=-2",
+                "train.lr=-0.001", "train.scheduler.factor=1.0", "train.scheduler.factor=2", "eval.top_k=0",
+                "train.temperature=.nan"]
+
+
+@pytest.mark.parametrize("setting", BAD_SETTINGS)
+def test_impossible_setting_is_refused_with_its_range(tmp_path, setting):
+    conf = write_config(tmp_path / "c.yaml", tmp_path, tmp_path / "runs" / "r")
+    key = setting.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"'{key}' .* out of range: allowed .*value"):
+        load_config(conf, [setting])
+
+
+def test_every_numeric_setting_has_a_range():
+    def numeric_keys(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(tp):
+                yield from numeric_keys(tp, f"{prefix}{f.name}.")
+            elif tp in (int, float):
+                yield f"{prefix}{f.name}"
+
+    assert sorted(numeric_keys(Config)) == sorted(RANGES)
+
+
+def test_bad_setting_leaves_stage2_output_untouched(tmp_path):
+    rows = [{"fid": "dev_0", "fname": "a.wav", "path": "development/a.wav", "duration": "1.5", "sample_rate": "8000"}]
+    (tmp_path / "development").mkdir()
+    sf.write(tmp_path / "development" / "a.wav", _tone(), SR, subtype="PCM_16")
+    write_rows(tmp_path / "development_audio.csv", rows, AUDIO_COLUMNS)
+    out = tmp_path / "development_audio_logmels.hdf5"
+    extract_split(rows, tmp_path, out, tmp_path / "development_skipped.csv", workers=1, progress=False)
+    before = out.read_bytes()
+    conf = write_config(tmp_path / "c.yaml", tmp_path, tmp_path / "runs" / "r")
+    proc = run_script("preprocessing/02_audio_logmel.py", "--conf", conf, "--splits", "development",
+                      "--set", "features.hop_sec=0", "--no-progress")
+    one_error_line(proc, "features.hop_sec", "allowed")
+    assert out.read_bytes() == before
+
+    # Good settings but not one readable clip: the good file is kept, and the run says so.
+    (tmp_path / "development" / "a.wav").write_bytes(b"junk" * 100)
+    with pytest.raises(DataError, match="left as it was"):
+        extract_split(rows, tmp_path, out, tmp_path / "development_skipped.csv", workers=1, progress=False,
+                      n_mels=32)
+    assert out.read_bytes() == before
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Damaged or unreadable files: one-line errors, and recovery where possible
+# --------------------------------------------------------------------------------------------
+
+
+def test_non_utf8_config_and_invalid_yaml_are_one_line_errors(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("train:\n  lr: 0.001  # réglé\n".encode("latin-1"))
+    one_error_line(run_script("preprocessing/01_clotho_dataset.py", "--conf", latin), str(latin), "UTF-8")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(broken)
+    assert "\n" not in str(err.value) and "line 2" in str(err.value)
+
+
+CAPTIONS = [("dog.wav", ["a dog barks at the café", "un chien", "caption three", "four", "five"])]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "latin-1", "cp1252"])
+def test_caption_csv_in_another_encoding_is_decoded(tmp_path, encoding):
+    header = "file_name,caption_1,caption_2,caption_3,caption_4,caption_5\n"
+    body = "".join(f"{name},{','.join(caps)}\n" for name, caps in CAPTIONS)
+    path = tmp_path / "clotho_captions_development.csv"
+    path.write_bytes((header + body).encode(encoding))
+    assert read_captions_csv(path) == CAPTIONS
+
+
+def _corrupt_symbol_table(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    at = data.find(b"SNOD")
+    assert at > 0
+    data[at:at + 4] = b"XXXX"  # "bad symbol table node signature"
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "symbol table"])
+def test_damaged_features_hdf5_is_rebuilt_by_stage2_and_reported_by_training(tmp_path, damage):
+    rows = []
+    (tmp_path / "development").mkdir()
+    for i in range(3):
+        sf.write(tmp_path / "development" / f"c{i}.wav", _tone(), SR, subtype="PCM_16")
+        rows.append({"fid": f"dev_{i}", "fname": f"c{i}.wav", "path": f"development/c{i}.wav", "duration": "1.5",
+                     "sample_rate": str(SR)})
+    out = tmp_path / "out.hdf5"
+    extract_split(rows, tmp_path, out, tmp_path / "s.csv", workers=1, progress=False)
+    if damage == "truncate":
+        out.write_bytes(out.read_bytes()[:3000])
+    else:
+        _corrupt_symbol_table(out)
+    with pytest.raises(DataError, match="re-run preprocessing/02_audio_logmel.py"):
+        LogmelStore(out)
+    summary = extract_split(rows, tmp_path, out, tmp_path / "s.csv", workers=1, progress=False)
+    assert summary.n_computed == 3
+    with h5py.File(out, "r") as h5:
+        assert sorted(h5) == ["dev_0", "dev_1", "dev_2"]
+
+
+def test_truncated_last_pt_on_resume_is_one_line(trained, tmp_path):
+    run_dir, _ = copy_run(trained, tmp_path)
+    conf = write_config(tmp_path / "c.yaml", trained["work"], run_dir, train={**ONE_STEP, "epochs": 3})
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:5000])
+    one_error_line(run_main(conf), str(last), "--restart")
+
+
+def test_resume_with_other_model_settings_names_the_setting(trained, tmp_path):
+    run_dir, _ = copy_run(trained, tmp_path)
+    conf = write_config(tmp_path / "c.yaml", trained["work"], run_dir, train={**ONE_STEP, "epochs": 3},
+                        model={"audio_enc": {"width": 0.25, "init": "random"}})
+    one_error_line(run_main(conf), "model.audio_enc.width=0.125", "0.25")
+
+
+def test_damaged_run_config_falls_back_to_the_checkpoints_copy(trained, tmp_path):
+    from utils.retrieval import Retriever
+
+    run_dir, conf = copy_run(trained, tmp_path)
+    (run_dir / "config.yaml").write_bytes(b"model: {audio_enc: [\n\xff\xfe")
+    proc = run_script("postprocessing/01_xmodal_scores.py", "--conf", conf, "--run", run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "using the config saved in" in proc.stderr
+    assert (run_dir / "eval" / "validation_xmodal_scores.hdf5").is_file()
+    r = Retriever.from_run(run_dir, device="cpu")  # search loads runs the same way
+    assert r.conf.model.audio_enc.width == 0.125
+
+
+def test_unwritable_output_folders_fail_before_the_work(trained, tmp_path):
+    run_dir, conf = copy_run(trained, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "checkpoints").write_text("not a folder")  # root ignores permissions: block it with a file
+    proc = run_main(conf)
+    one_error_line(proc, "checkpoints", str(run_dir / "checkpoints"))
+    assert "epoch   1" not in proc.stdout  # no epoch was trained and thrown away
+
+    run_dir, conf = copy_run(trained, tmp_path / "second")
+    (run_dir / "eval").write_text("not a folder")
+    proc = run_script("postprocessing/01_xmodal_scores.py", "--conf", conf, "--run", run_dir)
+    one_error_line(proc, str(run_dir / "eval"))
+    assert "captions x" not in proc.stdout  # refused before scoring
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Small ones
+# --------------------------------------------------------------------------------------------
+
+
+def test_resume_flag_insists_on_a_checkpoint(tiny_work, tmp_path):
+    conf = write_config(tmp_path / "c.yaml", tiny_work, tmp_path / "runs" / "fresh", train=ONE_STEP)
+    one_error_line(run_main(conf, "--resume"), "--resume", "last.pt")
+    assert not (tmp_path / "runs" / "fresh" / "checkpoints").exists()
+
+
+def test_newline_in_a_file_name_stays_on_one_table_row(tmp_path):
+    from search import format_results
+
+    table = format_results("q", [(str(tmp_path / "evil\nname.wav"), 0.5), (str(tmp_path / "ok.wav"), 0.25)],
+                           tmp_path)
+    assert len(table.splitlines()) == 4 and "evil\\nname.wav" in table

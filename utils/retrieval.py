@@ -78,12 +78,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):
+        if "Unsupported global" not in str(err) and "Weights only load failed" not in str(err):
             raise DataError(f"{path} is corrupt or truncated; train again or use the other checkpoint "
                             "(--checkpoint best|last)") from err
         detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
         raise DataError(f"{path} holds Python objects other than tensors and numbers ({detail[:200]}); "
-                        "it was not written by main.py") from err
+                        "it was not written by this version of main.py, or was altered; it is not loaded because that "
+                        "could run code hidden in it") from err
     except TORCH_LOAD_ERRORS as err:
         raise DataError(f"{path} is corrupt or truncated ({type(err).__name__}: {str(err)[:200]}); "
                         "train again or use the other checkpoint (--checkpoint best|last)") from err
