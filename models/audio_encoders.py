@@ -58,7 +58,7 @@ def read_torch_file(path: str | PathLike, missing_hint: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err) or "Weights only load failed" in str(err):
+        if "Unsupported global" in str(err):
             raise DataError(
                 f"{path} is readable but holds Python objects other than tensors, which torch.load(weights_only=True) "
                 f"refuses ({_first_line_with(str(err), 'Unsupported global')}). Loading it could run code hidden in it; "

@@ -78,7 +78,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err) and "Weights only load failed" not in str(err):
+        if "Unsupported global" not in str(err):
             raise DataError(f"{path} is corrupt or truncated; train again or use the other checkpoint "
                             "(--checkpoint best|last)") from err
         detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
