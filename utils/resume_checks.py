@@ -44,8 +44,8 @@ def model_settings_differ(saved: dict | None, current: dict) -> str | None:
         old = _flatten(_pick(saved, section), section)
         new = _flatten(_pick(current, section), section)
         for key in sorted(set(old) | set(new)):
-            if key.endswith("finetune_lr"):
-                continue  # a learning rate, not a shape
+            if key.endswith(("finetune_lr", ".init")):
+                continue  # a learning rate, or how weights start: neither changes the tensors
             if old.get(key) != new.get(key):
                 diffs.append(f"{key}={old.get(key)!r} (the config says {new.get(key)!r})")
     return ", ".join(diffs) or None

@@ -440,11 +440,15 @@ def _train(conf: Config, restart: bool, d: Dist) -> TrainState:
         if differ := model_settings_differ(ckpt.get("config"), to_dict(conf)):
             raise PipelineError(f"cannot resume from {last_path}: it was trained with {differ}; restore that "
                                 "setting, choose another run.name, or train from scratch with --restart")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state = TrainState(**ckpt["state"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            state = TrainState(**ckpt["state"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise PipelineError(f"cannot resume from {last_path}: it does not fit this config or code "
+                                f"({str(err).splitlines()[0][:200]}); train from scratch with --restart") from err
         if d.main:
             _repair_best(ckpt_dir / "best.pt", ckpt, state)
         if d.rank == 0:
