@@ -50,7 +50,7 @@ class _Payload:
 
 def test_resume_refuses_a_checkpoint_that_runs_code(tiny_work, tmp_path):
     run_dir = tmp_path / "runs" / "evil"
-    conf_path = write_config(tmp_path / "c.yaml", tiny_work, run_dir, train={"epochs": 1})
+    conf_path = write_config(tmp_path / "c.yaml", tiny_work, run_dir, train={**ONE_STEP, "epochs": 1})
     first = run_main(conf_path)
     assert first.returncode == 0, first.stderr[-2000:]
     last = run_dir / "checkpoints" / "last.pt"
