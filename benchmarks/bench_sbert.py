@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
-from utils.sbert import MPNET_NAME, encode, load_sbert, resolve_device, resolve_model_path
+from utils.devices import resolve_device
+from utils.sbert import encode, load_sbert, resolve_model_path
+from utils.sbert_download import MPNET_NAME
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -77,7 +79,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "baseline":
         embeds = np.stack([model.encode(caption) for caption in captions])  # the baseline's loop; (N, D)
     else:
-        embeds = encode(model, captions, args.batch_size, resolve_device(args.device), progress=False)  # (N, D)
+        embeds = encode(model, captions, args.batch_size, str(resolve_device(args.device)), progress=False)  # (N, D)
     seconds = time.perf_counter() - t0
     np.save(args.out_npy, embeds.astype(np.float32))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -14,19 +14,9 @@ from __future__ import annotations
 
 import time
 
-from utils.cli import make_parser
-from utils.retrieval import load_run
-from utils.scoring import (
-    add_run_args,
-    eval_config,
-    load_split_inputs,
-    run_dir_of,
-    run_script,
-    score_split,
-    scores_file,
-    splits_to_score,
-    write_scores,
-)
+from utils.cli import add_run_args, make_parser, run, run_dir_of
+from utils.runs import load_run, scores_file
+from utils.scoring import eval_config, load_split_inputs, score_split, splits_to_score, write_scores
 
 
 def main(args, conf) -> None:
@@ -55,4 +45,4 @@ parser.add_argument("--splits", nargs="+", default=None,
 parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: train.device)")
 
 if __name__ == "__main__":
-    run_script(main, parser)
+    run(main, parser)

@@ -15,6 +15,9 @@ import soundfile as sf
 
 from utils.errors import DataError
 
+# What soundfile (libsndfile) or librosa (audioread / ffmpeg) can decode: stage 1's and search's audio files.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".opus")
+
 # Containers whose 16-bit PCM soundfile decodes exactly as int / 32768; read as int16 and scaled
 # ourselves, which is 4x faster than libsndfile's own float conversion and bit-identical to it.
 _FAST_PCM16_FORMATS = {"WAV", "WAVEX", "AIFF", "FLAC"}

@@ -1,12 +1,11 @@
 """Typed configuration: ``conf.yaml`` -> nested dataclasses, with ``--set a.b=value`` overrides.
 
-Every script calls :func:`load_config` (or :func:`parse_args`). Unknown keys, wrong types and
+Every script loads it through :mod:`utils.cli` (which calls :func:`load_config`). Unknown keys, wrong types and
 unreadable files fail at once with a :class:`ConfigError` naming the key or path.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import types
@@ -339,33 +338,3 @@ def from_dict(raw: dict) -> Config:
     conf = _build(Config, raw)
     _check(conf)
     return conf
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--conf", default="conf.yaml", help="config file (default: conf.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set data.dataset_dir=~/Clotho (repeatable)",
-    )
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.conf, args.overrides)
-
-
-def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
-    """Return ``path`` if it is a file; else raise a :class:`ConfigError` saying what it is and how to make it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}. {hint}")
-    return path

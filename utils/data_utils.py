@@ -19,6 +19,7 @@ from utils import paths
 from utils.config import Config
 from utils.errors import DataError
 from utils.tables import read_text_table
+from utils.text_embeddings import load_text_embeddings
 
 
 class LogmelStore:
@@ -102,8 +103,6 @@ def load_split(conf: Config, split: str, need_embeds: bool = True, in_memory: bo
         )
     embeds = None
     if need_embeds:
-        from utils.sbert import load_text_embeddings
-
         embeds = load_text_embeddings(paths.text_embeds(conf), split, rows)
     return SplitData(split, rows, list(fid_index), np.array([fid_index[r["fid"]] for r in rows]), store, embeds)
 
