@@ -94,7 +94,7 @@ def baseline_side(rows: list[dict], root: Path, out: Path) -> None:
 
 
 def ours_side(rows: list[dict], root: Path, out: Path, workers: int) -> None:
-    from utils.logmel import extract_split
+    from utils.logmel_extract import extract_split
 
     extract_split(rows, root, out, out.with_suffix(".skipped.csv"), workers=workers, device="cpu",
                   progress=False)
@@ -113,7 +113,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         import torch  # noqa: F401
 
-        import utils.logmel  # noqa: F401
+        import utils.logmel_extract  # noqa: F401
     import_s = time.perf_counter() - t0
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     if args.child.startswith("baseline"):
