@@ -85,18 +85,18 @@ class SplitReport:
 
 def evaluate_split(conf: Config, run_dir: Path, split: str) -> SplitReport:
     """Stage 02 for one split: submission CSV always; metrics JSON, ranks CSV and plot for paired splits."""
-    sf = read_scores(runs.scores_file(run_dir, split))
+    sf = read_scores(runs.eval_file(run_dir, split, "scores"))
     rows, fnames, t2a = align(conf, split, sf)
     k = min(conf.eval.top_k, len(fnames))
-    sub = write_rows(runs.submission_file(run_dir, split),
+    sub = write_rows(runs.eval_file(run_dir, split, "submission"),
                      submission_rows(sf.scores, [r["raw_text"] for r in rows], fnames, k), submission_columns(k))
     if t2a is None:
         return SplitReport(split, sub)
     metrics = xmodal_metrics(sf.scores, t2a)
-    write_json(runs.metrics_file(run_dir, split), metrics)
+    write_json(runs.eval_file(run_dir, split, "metrics"), metrics)
     ranks = t2a_ranks(sf.scores, t2a)
-    write_rows(runs.ranks_file(run_dir, split),
+    write_rows(runs.eval_file(run_dir, split, "ranks"),
                ({"tid": r["tid"], "fid": r["fid"], "rank": int(rank)} for r, rank in zip(rows, ranks, strict=True)),
                ["tid", "fid", "rank"])
-    plot_ranks(runs.ranks_plot_file(run_dir, split), ranks, len(fnames), split)
+    plot_ranks(runs.eval_file(run_dir, split, "ranks_plot"), ranks, len(fnames), split)
     return SplitReport(split, sub, metrics, ranks)

@@ -9,7 +9,7 @@ search (:mod:`utils.search`) read it. All of them go through this module, never 
     <run>/curves.png                loss and validation metrics per epoch
     <run>/checkpoints/last.pt       everything to resume: model, optimizer, scheduler, scaler, state, RNG
     <run>/checkpoints/best.pt       model, config, text_dim, epoch and validation metrics of the best epoch
-    <run>/eval/<split>_...          postprocessing outputs (see the *_file functions below)
+    <run>/eval/<split>_...          postprocessing outputs (EVAL_FILES below)
     <run>/search_index/             search.py's cached folder indexes
 """
 
@@ -46,57 +46,33 @@ VERSIONED_LIBRARIES = ("torch", "numpy", "h5py", "librosa", "soundfile", "senten
 # --------------------------------------------------------------------------------------------
 
 
+RUN_FILES = {  # kind -> path inside the run directory
+    "config": "config.yaml", "run_info": "run_info.json", "metrics": "metrics.jsonl", "curves": "curves.png",
+    "checkpoints": "checkpoints", "search_index": "search_index", "eval": "eval",
+}
+EVAL_FILES = {  # kind -> file name after "<split>" inside <run>/eval/
+    "scores": "_xmodal_scores.hdf5", "metrics": "_metrics.json", "submission": ".t2a_submission.csv",
+    "ranks": "_ranks.csv", "ranks_plot": "_ranks.png",
+}
+
+
+def run_file(run_dir: str | os.PathLike, kind: str) -> Path:
+    """``<run_dir>/<RUN_FILES[kind]>``, e.g. ``run_file(run, "config")`` -> ``<run>/config.yaml``."""
+    return Path(run_dir) / RUN_FILES[kind]
+
+
+def eval_file(run_dir: str | os.PathLike, split: str, kind: str) -> Path:
+    """``<run_dir>/eval/<split><EVAL_FILES[kind]>``, e.g. ``eval_file(run, "evaluation", "scores")``."""
+    return run_file(run_dir, "eval") / f"{split}{EVAL_FILES[kind]}"
+
+
 def config_file(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "config.yaml"
-
-
-def run_info_file(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "run_info.json"
-
-
-def metrics_log(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "metrics.jsonl"
-
-
-def curves_file(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "curves.png"
-
-
-def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return run_file(run_dir, "config")
 
 
 def checkpoint_file(run_dir: str | os.PathLike, checkpoint: str) -> Path:
     """``<run_dir>/checkpoints/<checkpoint>.pt`` (whether or not it exists)."""
-    return checkpoints_dir(run_dir) / f"{checkpoint}.pt"
-
-
-def search_index_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "search_index"
-
-
-def eval_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "eval"
-
-
-def scores_file(run_dir: str | os.PathLike, split: str) -> Path:
-    return eval_dir(run_dir) / f"{split}_xmodal_scores.hdf5"
-
-
-def metrics_file(run_dir: str | os.PathLike, split: str) -> Path:
-    return eval_dir(run_dir) / f"{split}_metrics.json"
-
-
-def submission_file(run_dir: str | os.PathLike, split: str) -> Path:
-    return eval_dir(run_dir) / f"{split}.t2a_submission.csv"
-
-
-def ranks_file(run_dir: str | os.PathLike, split: str) -> Path:
-    return eval_dir(run_dir) / f"{split}_ranks.csv"
-
-
-def ranks_plot_file(run_dir: str | os.PathLike, split: str) -> Path:
-    return eval_dir(run_dir) / f"{split}_ranks.png"
+    return run_file(run_dir, "checkpoints") / f"{checkpoint}.pt"
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,12 +214,12 @@ def write_run_info(run_dir: Path, conf: Config, device: torch.device, world_size
         "world_size": world_size,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    write_text_atomic(run_info_file(run_dir), json.dumps(info, indent=2) + "\n")
+    write_text_atomic(run_file(run_dir, "run_info"), json.dumps(info, indent=2) + "\n")
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
     """Add one epoch's line to ``metrics.jsonl`` (flushed to disk)."""
-    with open(metrics_log(run_dir), "a", encoding="utf-8") as stream:
+    with open(run_file(run_dir, "metrics"), "a", encoding="utf-8") as stream:
         stream.write(json.dumps(record) + "\n")
         stream.flush()
         os.fsync(stream.fileno())
@@ -251,7 +227,7 @@ def append_metrics(run_dir: Path, record: dict) -> None:
 
 def rewrite_metrics(run_dir: Path, history: list[dict]) -> None:
     """metrics.jsonl = exactly the epochs in the checkpoint (drops lines of an epoch lost to a kill)."""
-    write_text_atomic(metrics_log(run_dir), "".join(json.dumps(h) + "\n" for h in history))
+    write_text_atomic(run_file(run_dir, "metrics"), "".join(json.dumps(h) + "\n" for h in history))
 
 
 def load_run_config(run_dir: str | os.PathLike) -> Config:

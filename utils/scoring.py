@@ -1,7 +1,7 @@
 """Postprocessing stage 01: text-to-audio score matrices of whole splits, and their files.
 
 Used by ``postprocessing/01_xmodal_scores.py``: every clip and every caption of a split is embedded once, and the
-scores are one matrix product. The file, ``<run>/eval/<split>_xmodal_scores.hdf5`` (:func:`utils.runs.scores_file`),
+scores are one matrix product. The file, ``<run>/eval/<split>_xmodal_scores.hdf5`` (:func:`utils.runs.eval_file`),
 written atomically: ``scores`` float32 ``(n_captions, n_clips)``; ``text_ids`` (tids, row order of the split's
 caption table) and ``audio_ids`` (fids) as UTF-8 strings; attributes ``split``, ``checkpoint``, ``epoch``,
 ``run_dir``. Stage 02 (metrics, submissions, ranks) is :mod:`utils.evaluation`.

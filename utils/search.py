@@ -155,7 +155,7 @@ class Retriever:
     def index_path(self, folder: str | os.PathLike) -> Path:
         """Where the index of ``folder`` is cached: ``<run>/search_index/<sha1(abs folder)>_<checkpoint>.npz``."""
         key = hashlib.sha1(str(Path(folder).resolve()).encode("utf-8")).hexdigest()
-        return runs.search_index_dir(self.run.run_dir) / f"{key}_{self.run.checkpoint}.npz"
+        return runs.run_file(self.run.run_dir, "search_index") / f"{key}_{self.run.checkpoint}.npz"
 
     def model_key(self) -> str:
         """Identifies the embeddings: checkpoint file (path, mtime, size) and feature settings."""

@@ -164,7 +164,7 @@ def fit(s: TrainSetup) -> runs.TrainState:
             print(f"{s.run_dir} already finished ({state.epoch} epochs); use --restart to train again")
         return state
     if d.main:
-        runs.checkpoints_dir(s.run_dir).mkdir(parents=True, exist_ok=True)
+        runs.run_file(s.run_dir, "checkpoints").mkdir(parents=True, exist_ok=True)
         runs.write_run_info(s.run_dir, conf, s.device, d.world)
         runs.rewrite_metrics(s.run_dir, state.history)
         n_params = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
@@ -187,7 +187,7 @@ def fit(s: TrainSetup) -> runs.TrainState:
             break
     if d.main:
         print(f"done: best validation t2a mAP@10 {state.best_map:.4f} at epoch {state.best_epoch}; "
-              f"checkpoints in {runs.checkpoints_dir(s.run_dir)}")
+              f"checkpoints in {runs.run_file(s.run_dir, 'checkpoints')}")
         if wandb_run is not None:
             wandb_run.finish()
     return state
@@ -225,7 +225,7 @@ def _save_epoch(s: TrainSetup, record: dict, improved: bool) -> None:
         val = {k: record[k] for k in ("val_loss", "val_t2a", "val_a2t")}
         runs.save_checkpoint(runs.best_checkpoint(last, s.state.epoch, val), s.run_dir, "best")
     runs.append_metrics(s.run_dir, record)
-    plot_curves(s.state.history, runs.curves_file(s.run_dir))
+    plot_curves(s.state.history, runs.run_file(s.run_dir, "curves"))
     t2a = record["val_t2a"]
     print(f"epoch {s.state.epoch:3d} | train {record['train_loss']:.4f} | val {record['val_loss']:.4f} | "
           f"t2a mAP@10 {t2a['mAP@10']:.4f} R@1 {t2a['R@1']:.4f} R@10 {t2a['R@10']:.4f} | "
