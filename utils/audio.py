@@ -10,6 +10,8 @@ import stat
 import warnings
 from pathlib import Path
 
+import audioread
+import librosa
 import numpy as np
 import soundfile as sf
 
@@ -96,15 +98,7 @@ def _to_mono(y: np.ndarray) -> np.ndarray:
 
 def _read_fallback(path: Path, sf_err: Exception) -> tuple[np.ndarray, int]:
     """Formats libsndfile cannot read (e.g. m4a): let librosa try its other backends."""
-    import librosa
-
-    errors: tuple[type[BaseException], ...] = (RuntimeError, OSError, ValueError, EOFError)
-    try:
-        import audioread
-
-        errors += (audioread.DecodeError,)
-    except ImportError:  # pragma: no cover - audioread is a librosa dependency
-        pass
+    errors = (RuntimeError, OSError, ValueError, EOFError, audioread.DecodeError)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # librosa's "PySoundFile failed. Trying audioread instead."

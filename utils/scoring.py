@@ -20,12 +20,12 @@ import torch
 
 from utils import paths
 from utils.config import Config
-from utils.data_utils import LogmelStore, load_split
+from utils.data_utils import LogmelStore, load_split, open_features, read_captions
 from utils.errors import DataError, PipelineError, warn
 from utils.fileio import atomic_write
 from utils.inference import TEXT_VECTOR_BATCH, embed_audio, embed_text
 from utils.runs import LoadedRun
-from utils.tables import read_audio_table, read_text_table
+from utils.tables import read_audio_table
 from utils.text_embeddings import embedding_model_name, load_text_embeddings
 
 RERUN_SCORES = "re-run postprocessing/01_xmodal_scores.py"
@@ -78,19 +78,13 @@ def load_split_inputs(conf: Config, split: str, text_kind: str = "embedding",
     query splits use every clip of the split's audio table.
     """
     need_embeds = text_kind == "embedding"
-    rows = read_text_table(paths.text_table(conf, split))
-    if not rows:
-        raise DataError(f"{paths.text_table(conf, split)} has no captions; check stage 1's output for '{split}'")
+    rows = read_captions(conf, split)
     if is_query_split(conf, split, rows):
         audio_rows = read_audio_table(paths.audio_table(conf, split))
         if not audio_rows:
             raise DataError(f"{paths.audio_table(conf, split)} lists no clips; check stage 1's output for '{split}'")
-        store = LogmelStore(paths.logmels(conf, split))
         fids = [r["fid"] for r in audio_rows]
-        missing = [f for f in fids if f not in store]
-        if missing:
-            raise DataError(f"{len(missing)} clip(s) of {paths.audio_table(conf, split)} have no features in "
-                            f"{store.path} (e.g. fid {missing[0]}). Re-run preprocessing/02_audio_logmel.py.")
+        store = open_features(conf, split, fids, paths.audio_table(conf, split))
         text_input = None
         if need_embeds:
             text_input = load_text_embeddings(paths.text_embeds(conf), split, rows)  # (n_captions, D)
