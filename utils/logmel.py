@@ -83,41 +83,14 @@ def frame_spec(sr: int, n_mels: int = N_MELS, win_sec: float = WIN_SEC, hop_sec:
 
 @functools.lru_cache(maxsize=64)
 def mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
-    """``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)``: ``(n_mels, 1 + n_fft//2)`` float32.
+    """``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)``: ``(n_mels, 1 + n_fft//2)`` float32, read-only.
 
-    Slaney mel scale and area normalisation, 0 Hz to sr/2. librosa's algorithm step for step (the
-    tests check equality), without importing librosa.filters, which costs 1-2 s per process (numba).
+    Slaney mel scale and area normalisation, 0 Hz to sr/2. Cached per (sr, n_fft, n_mels); stage 2 builds it
+    once before forking its workers (librosa.filters loads numba code, 1-2 s per process).
     """
-    freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)  # (freq,) Hz
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(float(sr) / 2), n_mels + 2))  # (n_mels + 2,)
-    widths = np.diff(edges)
-    ramps = np.subtract.outer(edges, freqs)  # (n_mels + 2, freq)
-    weights = np.zeros((n_mels, len(freqs)), dtype=np.float32)
-    for i in range(n_mels):
-        rising = -ramps[i] / widths[i]
-        falling = ramps[i + 2] / widths[i + 1]
-        weights[i] = np.maximum(0, np.minimum(rising, falling))
-    weights *= (2.0 / (edges[2:n_mels + 2] - edges[:n_mels]))[:, np.newaxis]  # unit area per filter
+    weights = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)  # (n_mels, freq) float32
     weights.flags.writeable = False
     return weights
-
-
-_MEL_STEP_HZ = 200.0 / 3  # Slaney: linear below 1 kHz, 200/3 Hz per mel
-_MEL_LOG_HZ = 1000.0  # start of the log region
-_MEL_LOG_STEP = np.log(6.4) / 27.0  # log-region step
-
-
-def _hz_to_mel(hz: float) -> float:
-    if hz >= _MEL_LOG_HZ:
-        return _MEL_LOG_HZ / _MEL_STEP_HZ + np.log(hz / _MEL_LOG_HZ) / _MEL_LOG_STEP
-    return hz / _MEL_STEP_HZ
-
-
-def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
-    hz = _MEL_STEP_HZ * mels
-    log_region = mels >= _MEL_LOG_HZ / _MEL_STEP_HZ
-    hz[log_region] = _MEL_LOG_HZ * np.exp(_MEL_LOG_STEP * (mels[log_region] - _MEL_LOG_HZ / _MEL_STEP_HZ))
-    return hz
 
 
 @functools.lru_cache(maxsize=64)

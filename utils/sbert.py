@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 from utils.devices import resolve_device
 from utils.errors import DataError
@@ -85,30 +84,16 @@ def load_sbert(name: str, device: str = "auto") -> SentenceTransformer:
                         f"{reason}. To fix: {how_to_get(name)}") from err
 
 
-def token_lengths(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
-    """Tokens per text after truncation (``(N,)`` int); character counts when the model has no tokenizer."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if not callable(tokenizer) or not texts:
-        return np.array([len(t) for t in texts], dtype=np.int64)
-    ids = tokenizer(list(texts), truncation=True, max_length=model.max_seq_length)["input_ids"]
-    return np.array([len(i) for i in ids], dtype=np.int64)
-
-
 def encode(model: SentenceTransformer, texts: Sequence[str], batch_size: int = 128, device: str | None = None,
            progress: bool = True) -> np.ndarray:
     """Embed ``texts`` in batches; row ``i`` of the result belongs to ``texts[i]``.
 
-    Texts are sorted by token count, so each batch holds captions of nearly the same length and pads little
-    (about 10% fewer tokens than sentence-transformers' own sort by characters on Clotho-like captions),
-    encoded ``batch_size`` at a time and put back in input order. The model's own modules run as they are
-    (no extra normalization). Returns float32 ``(len(texts), dim)``.
+    ``SentenceTransformer.encode`` does the batching: it sorts the texts by length, so each batch pads little,
+    encodes ``batch_size`` at a time and returns the rows in input order. The model's own modules run as they
+    are (no extra normalization). Returns float32 ``(len(texts), dim)``.
     """
-    out = np.zeros((len(texts), model.get_embedding_dimension()), dtype=np.float32)  # (N, D)
-    order = np.argsort(-token_lengths(model, texts), kind="stable")  # longest first
-    with tqdm(total=len(texts), desc="encode", unit="caption", disable=not progress, leave=False) as bar:
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            out[idx] = model.encode([texts[i] for i in idx], batch_size=len(idx), device=device,
-                                    convert_to_numpy=True, show_progress_bar=False)  # (len(idx), D)
-            bar.update(len(idx))
-    return out
+    if not texts:
+        return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    out = model.encode(list(texts), batch_size=batch_size, device=device, convert_to_numpy=True,
+                       show_progress_bar=progress)  # (N, D)
+    return np.asarray(out, dtype=np.float32)
