@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from utils.cli import make_parser, run
 from utils.errors import PipelineError
+from utils.runs import checkpoint_file
 from utils.train_utils import train
 
 
 def main(args, conf) -> None:
-    last = conf.run_dir / "checkpoints" / "last.pt"
+    last = checkpoint_file(conf.run_dir, "last")
     if args.resume and args.restart:
         raise PipelineError("--resume and --restart contradict each other; pass one of them")
     if args.resume and not last.is_file():

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.cli import make_parser
+from utils.cli import add_run_args, make_parser, run, run_dir_of
+from utils.evaluation import evaluate_split
+from utils.fileio import ensure_writable
 from utils.metrics import format_table
-from utils.robust_io import ensure_writable
-from utils.scoring import add_run_args, eval_dir, evaluate_split, run_dir_of, run_script, splits_to_score
+from utils.runs import run_file
+from utils.scoring import splits_to_score
 
 
 def main(args, conf) -> None:
     run_dir = run_dir_of(args, conf)
-    ensure_writable(eval_dir(run_dir), "evaluation results")  # before the work, not after it
+    ensure_writable(run_file(run_dir, "eval"), "evaluation results")  # before the work, not after it
     for split in splits_to_score(conf, args.splits):
         report = evaluate_split(conf, run_dir, split)
         if report.metrics is None:
@@ -40,4 +42,4 @@ parser.add_argument("--splits", nargs="+", default=None,
                     help="splits to evaluate (default: data.eval_splits + data.query_splits)")
 
 if __name__ == "__main__":
-    run_script(main, parser)
+    run(main, parser)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch  # noqa: F401  (imported once before forking: the children start fast)
 
-import utils.retrieval  # noqa: F401
+import utils.runs  # noqa: F401
 import utils.scoring  # noqa: F401
 import utils.train_utils  # noqa: F401
 

@@ -18,14 +18,17 @@ import soundfile as sf
 import torch
 from conftest import ROOT, make_work_dir, write_config
 
+from search import format_results
 from utils.clotho import read_captions_csv
 from utils.config import Config, ConfigError, load_config
 from utils.config_checks import RANGES
 from utils.data_utils import LogmelStore
 from utils.errors import DataError
-from utils.logmel import extract_split
-from utils.sbert import update_text_embeddings
+from utils.logmel_extract import extract_split
+from utils.runs import load_checkpoint
+from utils.search import Retriever
 from utils.tables import AUDIO_COLUMNS, TEXT_COLUMNS, read_rows, write_rows
+from utils.text_embeddings import update_text_embeddings
 
 MAIN = str(ROOT / "main.py")
 
@@ -69,10 +72,8 @@ def test_resume_refuses_a_checkpoint_that_runs_code(tiny_work, tmp_path):
 
 
 def test_scoring_and_search_say_why_a_checkpoint_is_refused(tmp_path):
-    """Search and scoring load checkpoints through utils.retrieval.load_checkpoint: a refused file is
+    """Search and scoring load checkpoints through utils.runs.load_checkpoint: a refused file is
     reported as holding Python objects, not as 'corrupt or truncated'."""
-    from utils.retrieval import load_checkpoint
-
     marker = tmp_path / "pwned"
     path = tmp_path / "best.pt"
     torch.save({"model": {"w": torch.zeros(2)}, "extra": _Payload(marker)}, path)
@@ -264,8 +265,6 @@ def test_stage2_never_keeps_non_finite_features(tmp_path):
 
 
 def test_search_skips_a_clip_with_non_finite_features(trained, tmp_path):
-    from utils.retrieval import Retriever
-
     folder = tmp_path / "sounds"
     folder.mkdir()
     sf.write(folder / "ok.wav", _tone(), SR, subtype="PCM_16")
@@ -403,8 +402,6 @@ def test_resume_with_other_model_settings_names_the_setting(trained, tmp_path):
 
 
 def test_damaged_run_config_falls_back_to_the_checkpoints_copy(trained, tmp_path):
-    from utils.retrieval import Retriever
-
     run_dir, conf = copy_run(trained, tmp_path)
     (run_dir / "config.yaml").write_bytes(b"model: {audio_enc: [\n\xff\xfe")
     proc = run_script("postprocessing/01_xmodal_scores.py", "--conf", conf, "--run", run_dir)
@@ -442,8 +439,6 @@ def test_resume_flag_insists_on_a_checkpoint(tiny_work, tmp_path):
 
 
 def test_newline_in_a_file_name_stays_on_one_table_row(tmp_path):
-    from search import format_results
-
     table = format_results("q", [(str(tmp_path / "evil\nname.wav"), 0.5), (str(tmp_path / "ok.wav"), 0.25)],
                            tmp_path)
     assert len(table.splitlines()) == 4 and "evil\\nname.wav" in table
