@@ -1,11 +1,12 @@
-"""Kill a script with SIGKILL at its N-th file rename, then rerun it: the fault injection of tests/test_faults.py.
+"""Kill a script with SIGKILL at a chosen file rename, then rerun it: the fault injection of tests/test_faults.py.
 
-    PYTHONPATH=. python tests/crash_harness.py RESULT_JSON N1:CONF1:RUN_DIR1 N2:CONF2:RUN_DIR2 ...
+    PYTHONPATH=. python tests/crash_harness.py RESULT_JSON NAME@K:CONF:RUN_DIR ... [--score RUN_DIR CONF]
 
-For each ``N:CONF:RUN_DIR``: a forked child runs ``main.py --conf CONF`` with ``os.replace``/``os.rename`` patched to
-SIGKILL the process just before its N-th call; then a second child reruns ``main.py`` to completion, and a
-third runs ``postprocessing/01_xmodal_scores.py`` on the run. The heavy imports happen once, here, before any
-fork. RESULT_JSON gets ``[{"n", "killed", "rerun_rc", "score_rc"}, ...]``.
+For each ``NAME@K:CONF:RUN_DIR``: a forked child runs ``main.py --conf CONF`` with ``os.replace``/``os.rename``
+patched to SIGKILL the process just before its K-th rename onto a file called NAME (``last.pt@2``: the
+second epoch's ``last.pt``); then a second child reruns ``main.py`` to completion. ``--score`` runs
+``postprocessing/01_xmodal_scores.py`` on one run at the end. The heavy imports happen once, here, before any
+fork. RESULT_JSON gets ``{"cases": [{"case", "killed", "rerun_rc"}, ...], "score_rc": int | null}``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch  # noqa: F401  (imported once before forking: the children start fast)
+import torch._dynamo  # noqa: F401  (the first optimizer imports it: about 3 s in every child otherwise)
 
 import utils.runs  # noqa: F401
 import utils.scoring  # noqa: F401
@@ -26,21 +28,23 @@ import utils.train_utils  # noqa: F401
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _kill_at(n: int) -> None:
+def _kill_at(name: str, k: int) -> None:
+    """SIGKILL this process just before its ``k``-th rename whose destination is called ``name``."""
     calls = {"n": 0}
-    for name in ("replace", "rename"):
-        real = getattr(os, name)
+    for func in ("replace", "rename"):
+        real = getattr(os, func)
 
         def patched(src, dst, *args, _real=real, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == n:
-                os.kill(os.getpid(), signal.SIGKILL)
+            if Path(dst).name == name:
+                calls["n"] += 1
+                if calls["n"] == k:
+                    os.kill(os.getpid(), signal.SIGKILL)
             return _real(src, dst, *args, **kwargs)
 
-        setattr(os, name, patched)
+        setattr(os, func, patched)
 
 
-def _in_child(script: str, argv: list[str], kill_at: int = 0) -> int:
+def _in_child(script: str, argv: list[str], kill_at: tuple[str, int] | None = None) -> int:
     """Run ``script`` in a forked child; its exit status, or -signal when a signal ended it."""
     pid = os.fork()
     if pid == 0:
@@ -48,7 +52,7 @@ def _in_child(script: str, argv: list[str], kill_at: int = 0) -> int:
         try:
             sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
             if kill_at:
-                _kill_at(kill_at)
+                _kill_at(*kill_at)
             sys.argv = [script, *argv]
             runpy.run_path(str(ROOT / script), run_name="__main__")
             code = 0
@@ -61,15 +65,24 @@ def _in_child(script: str, argv: list[str], kill_at: int = 0) -> int:
 
 
 def main() -> None:
-    out, *cases = sys.argv[1:]
+    args = sys.argv[1:]
+    score = None
+    if "--score" in args:
+        at = args.index("--score")
+        score, args = args[at + 1:at + 3], args[:at] + args[at + 3:]
+    out, *cases = args
     results = []
     for case in cases:
-        n, conf, run_dir = case.split(":", 2)
-        killed = _in_child("main.py", ["--conf", conf], int(n)) == -signal.SIGKILL
+        target, conf, _ = case.split(":", 2)
+        name, k = target.rsplit("@", 1)
+        killed = _in_child("main.py", ["--conf", conf], (name, int(k))) == -signal.SIGKILL
         rerun = _in_child("main.py", ["--conf", conf])
-        score = _in_child("postprocessing/01_xmodal_scores.py", ["--conf", conf, "--run", run_dir])
-        results.append({"n": int(n), "killed": killed, "rerun_rc": rerun, "score_rc": score})
-    Path(out).write_text(json.dumps(results))
+        results.append({"case": target, "killed": killed, "rerun_rc": rerun})
+    score_rc = None
+    if score:
+        run_dir, conf = score
+        score_rc = _in_child("postprocessing/01_xmodal_scores.py", ["--conf", conf, "--run", run_dir])
+    Path(out).write_text(json.dumps({"cases": results, "score_rc": score_rc}))
 
 
 if __name__ == "__main__":

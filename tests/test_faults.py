@@ -2,14 +2,18 @@
 
 Every test here failed on the code before the fix it guards."""
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
 import typing
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -19,26 +23,41 @@ import torch
 from conftest import ROOT, make_work_dir, write_config
 
 from search import format_results
+from utils.cli import call
 from utils.clotho import read_captions_csv
 from utils.config import Config, ConfigError, load_config
 from utils.config_checks import RANGES
 from utils.data_utils import LogmelStore
 from utils.errors import DataError
 from utils.logmel_extract import extract_split
-from utils.runs import load_checkpoint
+from utils.runs import load_checkpoint, load_run
 from utils.search import Retriever
 from utils.tables import AUDIO_COLUMNS, TEXT_COLUMNS, read_rows, write_rows
 from utils.text_embeddings import update_text_embeddings
 
-MAIN = str(ROOT / "main.py")
+
+class Proc(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}  # this checkout's code, whatever is installed
 
 
-def run_main(conf_path, *extra, timeout=600):
-    return subprocess.run([sys.executable, MAIN, "--conf", str(conf_path), *extra], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=ENV)
+def run_script(script: str, *args) -> Proc:
+    """Run a numbered script's ``main`` in this process through :func:`utils.cli.call` (what ``run`` does
+    before ``sys.exit``), capturing its output: the exit status and the one error line without a
+    process start per call."""
+    namespace = runpy.run_path(str(ROOT / script), run_name="faults")  # not "__main__": defines main, parser
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = call(namespace["main"], namespace["parser"], [str(a) for a in args])
+    return Proc(status, out.getvalue(), err.getvalue())
+
+
+def run_main(conf_path, *extra) -> Proc:
+    return run_script("main.py", "--conf", conf_path, *extra)
 
 
 class _Payload:
@@ -51,19 +70,16 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def test_resume_refuses_a_checkpoint_that_runs_code(tiny_work, tmp_path):
-    run_dir = tmp_path / "runs" / "evil"
-    conf_path = write_config(tmp_path / "c.yaml", tiny_work, run_dir, train={**ONE_STEP, "epochs": 1})
-    first = run_main(conf_path)
-    assert first.returncode == 0, first.stderr[-2000:]
+def test_resume_refuses_a_checkpoint_that_runs_code(trained, tmp_path):
+    run_dir, _ = copy_run(trained, tmp_path)
+    conf_path = write_config(tmp_path / "c.yaml", trained["work"], run_dir, train={**ONE_STEP, "epochs": 3})
     last = run_dir / "checkpoints" / "last.pt"
     ckpt = torch.load(last, weights_only=True)
-    ckpt["state"]["epoch"] = 0  # so that the run resumes instead of reporting "already finished"
     marker = tmp_path / "pwned"
     ckpt["extra"] = _Payload(marker)
     torch.save(ckpt, last)
 
-    proc = run_main(conf_path)
+    proc = run_main(conf_path)  # epochs=3: the run resumes instead of reporting "already finished"
     assert not marker.exists(), "resuming ran code from the checkpoint"
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()
@@ -101,34 +117,49 @@ def test_no_unsafe_torch_load_in_the_project():
 # 2. Crash consistency: kill -9 at each of the first file renames, rerun, and everything is whole
 # --------------------------------------------------------------------------------------------
 
-KILL_POINTS = range(1, 9)  # config, run info, metrics; then best.pt, last.pt, curves per epoch (2 epochs: >= 8)
-ONE_STEP = {"epochs": 2, "max_steps_per_epoch": 1}
+# One kill per kind of rename, in the order a 2-epoch run makes them: NAME@K = just before the K-th rename onto NAME.
+KILL_POINTS = [
+    "config.yaml@1",  # the run record (run_info.json is written the same way, right after)
+    "metrics.jsonl@1",  # the metrics rewrite at the start
+    "best.pt@1",  # epoch 1: nothing saved yet
+    "last.pt@1",  # epoch 1: best.pt saved, last.pt not
+    "last.pt@2",  # epoch 2: best.pt may be newer than the last.pt that should record it
+    "curves.png@2",  # everything saved but the plot: the rerun finds a finished run
+]
+ONE_STEP = {"epochs": 2, "max_steps_per_epoch": 1, "batch_size": 4}  # the smallest run: 2 epochs of 1 step of 4 pairs
 
 
-def test_kill_at_each_rename_then_rerun_loses_nothing(tmp_path):
+def test_kill_at_each_kind_of_rename_then_rerun_loses_nothing(tmp_path):
     work = make_work_dir(tmp_path / "work", {"development": 8, "validation": 4}, frames=(64, 72))
     cases, runs = [], {}
-    for n in KILL_POINTS:
+    for n, point in enumerate(KILL_POINTS):
         run_dir = tmp_path / "runs" / f"kill{n}"
         conf = write_config(tmp_path / f"c{n}.yaml", work, run_dir, train=ONE_STEP)
-        cases.append(f"{n}:{conf}:{run_dir}")
-        runs[n] = run_dir
+        cases.append(f"{point}:{conf}:{run_dir}")
+        runs[point] = (run_dir, conf)
+    scored, scored_conf = runs["last.pt@2"]  # scoring runs once: on the run whose best.pt was rewritten on resume
     result_path = tmp_path / "crash.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_harness.py"), str(result_path), *cases],
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_harness.py"), str(result_path), *cases,
+                           "--score", str(scored), str(scored_conf)],
                           capture_output=True, text=True, timeout=900, cwd=ROOT, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for result in json.loads(result_path.read_text()):
-        n, run_dir = result["n"], runs[result["n"]]
-        assert result["killed"], f"kill point {n} was never reached"
-        assert result["rerun_rc"] == 0 and result["score_rc"] == 0, result
+    results = json.loads(result_path.read_text())
+    assert [r["case"] for r in results["cases"]] == KILL_POINTS
+    for result in results["cases"]:
+        point = result["case"]
+        run_dir = runs[point][0]
+        assert result["killed"], f"kill point {point} was never reached"
+        assert result["rerun_rc"] == 0, result
         last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
         best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
-        assert last["state"]["epoch"] == 2 and best["epoch"] == last["state"]["best_epoch"], n
+        assert last["state"]["epoch"] == 2 and best["epoch"] == last["state"]["best_epoch"], point
         epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert epochs == [1, 2], (n, epochs)
-        assert (run_dir / "eval" / "validation_xmodal_scores.hdf5").is_file()
+        assert epochs == [1, 2], (point, epochs)
+        for checkpoint in ("best", "last"):
+            assert load_run(run_dir, checkpoint, "cpu").epoch == (2 if checkpoint == "last" else best["epoch"])
         leftovers = [p.name for p in run_dir.rglob(".*tmp*")]
-        assert leftovers == [], (n, leftovers)
+        assert leftovers == [], (point, leftovers)
+    assert results["score_rc"] == 0 and (scored / "eval" / "validation_xmodal_scores.hdf5").is_file()
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,11 +194,6 @@ def one_error_line(proc, *needles):
     for needle in needles:
         assert needle in errors[0], (needle, errors[0])
     return errors[0]
-
-
-def run_script(script, *args, timeout=600):
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=ENV)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,8 +458,8 @@ def test_unwritable_output_folders_fail_before_the_work(trained, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_resume_flag_insists_on_a_checkpoint(tiny_work, tmp_path):
-    conf = write_config(tmp_path / "c.yaml", tiny_work, tmp_path / "runs" / "fresh", train=ONE_STEP)
+def test_resume_flag_insists_on_a_checkpoint(trained, tmp_path):
+    conf = write_config(tmp_path / "c.yaml", trained["work"], tmp_path / "runs" / "fresh", train=ONE_STEP)
     one_error_line(run_main(conf, "--resume"), "--resume", "last.pt")
     assert not (tmp_path / "runs" / "fresh" / "checkpoints").exists()
 
