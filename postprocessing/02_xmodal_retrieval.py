@@ -16,7 +16,21 @@ import numpy as np
 
 from utils.cli import make_parser
 from utils.metrics import format_table
-from utils.scoring import add_run_args, evaluate_split, run_dir_of, run_script, splits_to_score
+from utils.scoring import (
+    add_run_args,
+    evaluate_split,
+    read_scores,
+    run_dir_of,
+    run_script,
+    scores_file,
+    splits_to_score,
+)
+
+
+def chance_line(n_clips: int) -> str:
+    """What random ranking would score, so the metrics above mean something."""
+    return (f"chance (random ranking of {n_clips} clips): t2a R@1 = 1/{n_clips} = {1 / n_clips:.3f}, "
+            f"R@10 = {min(1.0, 10 / n_clips):.3f}")
 
 
 def main(args, conf) -> None:
@@ -29,6 +43,7 @@ def main(args, conf) -> None:
         median = float(np.median(report.ranks))
         print(f"[{split}] {len(report.ranks)} captions, median rank of the true clip {median:g}")
         print(format_table(report.metrics))
+        print(chance_line(len(read_scores(scores_file(run_dir, split)).audio_ids)))
         print(f"wrote {report.submission} and {split}_metrics.json, {split}_ranks.csv/.png in {report.submission.parent}")
 
 
