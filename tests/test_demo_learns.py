@@ -17,7 +17,7 @@ from utils.demo.dataset import make_demo_dataset
 from utils.train_utils import train
 
 N_CLIPS = 60  # 36 / 12 / 12
-EPOCHS = 12
+EPOCHS = 8  # training-clip R@1 0.36 (13x chance) after 8 epochs, 0.26 after 7 (seed 0)
 DURATIONS = (1.5, 2.5)  # seconds: short clips keep this test fast
 
 
@@ -50,5 +50,5 @@ def test_demo_recipe_learns(tmp_path):
     records = [json.loads(line) for line in (runs / "demo" / "metrics.jsonl").read_text().splitlines()]
     chance = 1 / counts["development"]
     best = max(r["val_t2a"]["R@1"] for r in records)
-    assert best >= 3 * chance, f"best training-clip R@1 {best:.3f} < 3x chance ({3 * chance:.3f})"
+    assert best >= 5 * chance, f"best training-clip R@1 {best:.3f} < 5x chance ({5 * chance:.3f})"
     assert records[-1]["train_loss"] < records[0]["train_loss"] - 0.3
