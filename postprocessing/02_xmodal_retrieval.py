@@ -14,17 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.cli import make_parser
+from utils.cli import add_run_args, make_parser, run, run_dir_of
+from utils.evaluation import evaluate_split
 from utils.metrics import format_table
-from utils.scoring import (
-    add_run_args,
-    evaluate_split,
-    read_scores,
-    run_dir_of,
-    run_script,
-    scores_file,
-    splits_to_score,
-)
+from utils.runs import eval_file
+from utils.scoring import read_scores, splits_to_score
 
 
 def chance_line(n_clips: int) -> str:
@@ -43,7 +37,7 @@ def main(args, conf) -> None:
         median = float(np.median(report.ranks))
         print(f"[{split}] {len(report.ranks)} captions, median rank of the true clip {median:g}")
         print(format_table(report.metrics))
-        print(chance_line(len(read_scores(scores_file(run_dir, split)).audio_ids)))
+        print(chance_line(len(read_scores(eval_file(run_dir, split, "scores")).audio_ids)))
         print(f"wrote {report.submission} and {split}_metrics.json, {split}_ranks.csv/.png in {report.submission.parent}")
 
 
@@ -53,4 +47,4 @@ parser.add_argument("--splits", nargs="+", default=None,
                     help="splits to evaluate (default: data.eval_splits + data.query_splits)")
 
 if __name__ == "__main__":
-    run_script(main, parser)
+    run(main, parser)

@@ -34,7 +34,7 @@ from utils.demo.names import plan_names
 from utils.demo.specs import ClipSpec, plan_specs
 from utils.demo.synth import synthesize_clip
 from utils.errors import DataError
-from utils.tables import atomic_path
+from utils.fileio import atomic_write, write_text_atomic
 
 MANIFEST = "demo_manifest.json"  # written last: its presence means the dataset is complete
 IN_PROGRESS = ".demo_in_progress.json"  # lists the files a running generation writes
@@ -108,18 +108,14 @@ def _params(n_clips: int, seed: int, sample_rate: int, duration_range: tuple[flo
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = atomic_path(path)
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def _write_captions(path: Path, clips: list[DemoClip]) -> None:
-    tmp = atomic_path(path)
-    with open(tmp, "w", newline="", encoding="utf-8") as stream:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
         writer.writerow(CSV_HEADER)
         writer.writerows([clip.csv_name, *clip.captions] for clip in clips)
-    os.replace(tmp, path)
 
 
 def _write_wav(out_dir: Path, clip: DemoClip, seed: int) -> int:
