@@ -28,6 +28,7 @@ Stage 2's driver, which computes whole splits with these, is :mod:`utils.logmel_
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,7 +86,9 @@ def rate_problem(sr: int, n_mels: int = N_MELS, win_sec: float = WIN_SEC, hop_se
     """Why ``sr`` cannot give ``n_mels`` informative bands (some mel filters would be empty), or None.
     Raises ``ValueError`` (from :func:`frame_spec`) when ``sr`` is too low for the window itself."""
     s = frame_spec(sr, n_mels, win_sec, hop_sec)
-    empty = int((mel_filters(sr, s.n_fft, n_mels).max(axis=1) == 0).sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # librosa's "Empty filters detected": what this counts
+        empty = int((mel_filters(sr, s.n_fft, n_mels).max(axis=1) == 0).sum())
     if empty:
         return (f"sample rate {sr} Hz is too low for {n_mels} mel bands with a {win_sec} s window "
                 f"({empty} band(s) would be empty)")
