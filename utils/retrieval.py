@@ -318,6 +318,7 @@ class IndexUpdate:
     changed: list[str] = field(default_factory=list)  # files re-embedded because mtime or size changed
     removed: list[str] = field(default_factory=list)  # files gone from the folder
     skipped: list[str] = field(default_factory=list)  # files found unreadable in this update
+    missing: list[str] = field(default_factory=list)  # index_files: listed files that do not exist
     rebuilt: bool = False  # the cache was missing or made with another checkpoint / feature settings
 
     @property
@@ -463,9 +464,11 @@ class Retriever:
 
     # ---- folder index ----------------------------------------------------------------------
 
-    def index_path(self, folder: str | os.PathLike) -> Path:
-        """Where the index of ``folder`` is cached: ``<run>/search_index/<sha1(abs folder)>_<checkpoint>.npz``."""
-        key = hashlib.sha1(str(Path(folder).resolve()).encode("utf-8")).hexdigest()
+    def index_path(self, folder: str | os.PathLike, kind: str = "folder") -> Path:
+        """Where the index of ``folder`` is cached: ``<run>/search_index/<sha1(abs folder)>_<checkpoint>.npz``
+        (``kind='files'``: the index of a file list whose common folder is ``folder``, kept apart)."""
+        name = str(Path(folder).resolve()) if kind == "folder" else f"{kind}:{Path(folder).resolve()}"
+        key = hashlib.sha1(name.encode("utf-8")).hexdigest()
         return self.run.run_dir / "search_index" / f"{key}_{self.run.checkpoint}.npz"
 
     def model_key(self) -> str:
@@ -486,7 +489,36 @@ class Retriever:
         folder = Path(folder).resolve()
         if not folder.is_dir():
             raise PipelineError(f"audio folder not found: {folder}")
-        cache = self.index_path(folder)
+        return self._index(folder, scan_audio_files(folder), self.index_path(folder), progress, rebuild)
+
+    def index_files(self, files: Sequence[str | os.PathLike], progress: bool = True,
+                    rebuild: bool = False) -> IndexUpdate:
+        """Index a list of audio files (any folders) instead of a whole folder; see :meth:`index_folder`.
+
+        The index's ``folder`` is the files' deepest common folder and its paths are relative to it. Listed
+        files that do not exist are left out with a warning and reported in ``IndexUpdate.missing``.
+        """
+        present, missing = [], []
+        for f in files:
+            path = Path(os.path.abspath(Path(f).expanduser()))
+            (present if path.is_file() else missing).append(path)
+        for path in missing:
+            warn(f"listed audio file not found: {path}")
+        if not present:
+            raise PipelineError(f"none of the {len(missing)} listed audio files exist"
+                                + (f" (first: {missing[0]})" if missing else ""))
+        root = Path(os.path.commonpath([str(p.parent) for p in present]))
+        found = {}
+        for path in present:
+            st = path.stat()
+            found[path.relative_to(root).as_posix()] = (st.st_mtime_ns, st.st_size)
+        update = self._index(root, dict(sorted(found.items())), self.index_path(root, "files"), progress, rebuild)
+        update.missing = [str(p) for p in missing]
+        return update
+
+    def _index(self, folder: Path, found: dict[str, tuple[int, int]], cache: Path, progress: bool,
+               rebuild: bool) -> IndexUpdate:
+        """Bring the cached index at ``cache`` up to date with ``found`` (relative path -> (mtime_ns, size))."""
         key = self.model_key()
         old = None if rebuild else FolderIndex.load(cache)
         update = IndexUpdate()
@@ -494,7 +526,6 @@ class Retriever:
             update.rebuilt = True
             old = FolderIndex(folder, key, [], np.empty(0, np.int64), np.empty(0, np.int64),
                               np.empty((0, self.conf.model.audio_enc.out_dim), np.float32))
-        found = scan_audio_files(folder)
 
         keep_rows, old_stat = [], {}
         for row, p in enumerate(old.paths):
@@ -558,23 +589,52 @@ class Retriever:
     def search_many(self, queries: Sequence[str], k: int = 10,
                     use_faiss: bool = False) -> list[list[tuple[str, float]]]:
         """:meth:`search` for several captions (embedded in one batch)."""
+        self._searchable(k)
+        check_queries(list(queries))
+        with few_threads(self.device.type == "cpu" and len(queries) <= FEW_QUERIES):
+            return self.search_embeddings(self.embed_text(list(queries)), k, use_faiss)
+
+    def search_audio(self, item: AudioItem, k: int = 10, use_faiss: bool = False) -> list[tuple[str, float]]:
+        """The ``k`` files of the indexed folder that sound most like ``item`` (audio -> audio).
+
+        Args:
+            item: an audio file path, a ``(y, sr)`` tuple or ``(time, n_mels)`` log-mels (as :meth:`embed_audio`).
+
+        Returns:
+            ``[(absolute path, score)]``, best first; a clip of the index finds itself first (score 1).
+        """
+        self._searchable(k)
+        if isinstance(item, np.ndarray) and item.ndim == 1:
+            raise PipelineError("a bare waveform has no sample rate: pass (y, sr), a file path or log-mels")
+        try:
+            with few_threads(self.device.type == "cpu"):
+                return self.search_embeddings(self.embed_audio([item]), k, use_faiss)[0]
+        except ValueError as err:
+            raise PipelineError(str(err)) from err
+
+    def _searchable(self, k: int) -> FolderIndex:
+        """The index, after checking that there is one with files and that ``k`` >= 1."""
         index = self.index
         if index is None:
             raise PipelineError("no folder indexed yet: call index_folder(DIR) first")
         if k < 1:
             raise PipelineError(f"k must be >= 1, got {k}")
-        check_queries(list(queries))
         if not len(index):
             raise PipelineError(f"{index.folder} has no readable audio files ({', '.join(AUDIO_EXTENSIONS)})")
+        return index
+
+    def search_embeddings(self, q: np.ndarray, k: int = 10,
+                          use_faiss: bool = False) -> list[list[tuple[str, float]]]:
+        """The ``k`` best files for each query embedding ``q`` ``(n_queries, E)``: ``[[(path, score)]]``."""
+        index = self._searchable(k)
         k = min(k, len(index))
-        with few_threads(self.device.type == "cpu" and len(queries) <= FEW_QUERIES):
-            q = self.embed_text(list(queries))  # (n_queries, E)
-            if use_faiss:
-                scores, rows = index.faiss_index().search(np.ascontiguousarray(q, dtype=np.float32), k)
-            else:
-                all_scores = q @ index.embeddings.T  # (n_queries, n_files)
-                rows = top_k(all_scores, k)
-                scores = np.take_along_axis(all_scores, rows, axis=1)
+        q = np.asarray(q, dtype=np.float32).reshape(-1, index.embeddings.shape[1])  # (n_queries, E)
+        if use_faiss:
+            scores, rows = index.faiss_index().search(np.ascontiguousarray(q), k)
+        else:
+            all_scores = q @ index.embeddings.T  # (n_queries, n_files)
+            rows = top_k(all_scores, k)
+            scores = np.take_along_axis(all_scores, rows, axis=1)
         return [list(zip(index.abs_paths(r), map(float, s), strict=True)) for r, s in zip(rows, scores, strict=True)]
 
 
