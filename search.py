@@ -67,6 +67,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise PipelineError("--split is for the page's evaluation view: add --serve")
     elif args.queries or not args.like:
         check_queries(args.queries)
+    for like in args.like:
+        if not Path(like).is_file():
+            raise DataError(f"query clip not found: {like}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"in {time.perf_counter() - start:.3f} s", file=sys.stderr)
             out += [(q, "text", r) for q, r in zip(args.queries, results, strict=True)]
         for like in args.like:
-            if not Path(like).is_file():
-                raise DataError(f"query clip not found: {like}")
             out.append((like, "audio", retriever.search_audio(like, args.k, use_faiss=args.faiss)))
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)

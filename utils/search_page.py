@@ -36,7 +36,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -276,11 +276,14 @@ async def search_upload(request: Request) -> Response:
     try:
         size = 0
         with open(target, "wb") as stream:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise BadRequest(f"the clip is larger than the {limit / 1e6:.1f} MB limit", 413)
-                stream.write(chunk)
+            try:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise BadRequest(f"the clip is larger than the {limit / 1e6:.1f} MB limit", 413)
+                    stream.write(chunk)
+            except ClientDisconnect:
+                raise BadRequest("the upload was interrupted") from None
         if size == 0:
             raise BadRequest("the uploaded clip is empty")
         return await run_in_threadpool(timed, state, lambda: state.retriever.search_audio(target, k),
@@ -342,7 +345,10 @@ def audio(request: Request) -> Response:
 
 
 async def http_error(request: Request, exc: HTTPException) -> Response:
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    message = exc.detail
+    if not isinstance(exc, BadRequest):  # Starlette's own: an unknown route or method
+        message = f"{exc.detail}: {request.method} {request.url.path[:200]} (the API is listed in utils/search_page.py)"
+    return JSONResponse({"error": message}, status_code=exc.status_code)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
