@@ -8,8 +8,9 @@ let captions = null;
 
 function fmtDuration(s) {
   if (s === null || s === undefined) return "";
+  if (s < 60) return `${s.toFixed(1)} s`;
   const m = Math.floor(s / 60);
-  return `${m}:${(s - 60 * m).toFixed(1).padStart(4, "0")}`;
+  return `${m}:${String(Math.floor(s - 60 * m)).padStart(2, "0")} min`;
 }
 
 function el(tag, attrs = {}, ...children) {
