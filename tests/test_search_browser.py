@@ -7,46 +7,25 @@ Skipped, with the reason, when Chromium, its driver or selenium is missing (``ma
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 from page_setup import CAPTIONS, build_page
 
+from utils.browser import find_chromium, start_chromium
 from utils.search_page import BackgroundServer
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -r requirements.txt)")
+pytest.importorskip("selenium", reason="selenium is not installed (pip install -r requirements.txt)")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 HAVE_METADATA = 1  # HTMLMediaElement.readyState
-
-
-def find_browser() -> tuple[str, str] | None:
-    """(browser, chromedriver) executables, from $CHROMIUM / $CHROMEDRIVER or the PATH."""
-    browser = os.environ.get("CHROMIUM") or next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
-    driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
-def start_chromium(browser: str, driver: str, width: int = 1100, height: int = 900):
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={width},{height}", "--autoplay-policy=no-user-gesture-required",
-                "--disable-background-networking", "--no-first-run"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    found = find_browser()
+    found = find_chromium()
     if found is None:
         message = "no Chromium: apt-get install chromium chromium-driver (or set $CHROMIUM and $CHROMEDRIVER)"
         if os.environ.get("SEARCH_PAGE_REQUIRE_BROWSER"):  # .ci/run installs it: a missing browser is a failure
@@ -99,7 +78,8 @@ def test_page_search_play_and_more_like_this(browser, served):
     assert expected in paths[:3] and len(paths) == 8  # k=10 on 8 files
     assert "q=a+rising+chirp" in browser.current_url  # the URL holds the query
 
-    first = browser.find_element(By.CSS_SELECTOR, "#results > li audio")
+    first = browser.find_element(By.CSS_SELECTOR, "#results > li audio")  # preload="none": play() fetches it
+    browser.execute_script("arguments[0].muted = true; arguments[0].play();", first)
     WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].readyState;", first)
                                      >= HAVE_METADATA)
     want = sf.info(str(state.retriever.index.folder / paths[0])).duration

@@ -29,7 +29,7 @@ function resultItem(r) {
     r.true ? el("span", { class: "badge" }, "true clip") : null);
   const meta = el("div", { class: "meta" }, "score ", el("span", { class: "score" }, r.score.toFixed(3)),
     r.duration !== null ? ` · ${fmtDuration(r.duration)}` : "");
-  const audio = el("audio", { controls: true, preload: "metadata", src: r.url });
+  const audio = el("audio", { controls: true, preload: "none", src: r.url });
   const like = el("button", { type: "button", class: "like", title: "Search by this clip's sound" }, "More like this");
   like.addEventListener("click", () => { navigate({ like: r.path }); });
   const li = el("li", { class: r.true ? "true" : "" }, el("div", { class: "rank" }, String(r.rank)), name, meta,
@@ -61,6 +61,7 @@ async function runQuery(list, info, url, describe, options) {
     const body = await getJSON(url, options);
     if (id !== seq) return;
     list.replaceChildren(...body.results.map(resultItem));
+    list.dataset.serverMs = String(body.server_ms);
     info.textContent = describe(body);
   } catch (err) {
     if (id !== seq) return;
