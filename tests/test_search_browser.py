@@ -101,8 +101,9 @@ def test_page_search_play_and_more_like_this(browser, served):
 
 def test_shared_url_and_empty_query(browser, served):
     url, _, tmp = served
-    browser.get(f"{url}?q=a+high+pitched+beep")  # a shared link runs its query on load
-    assert wait_for_results(browser, "results", 0)[0] == "high.wav"
+    browser.get(f"{url}?q=a+high+pitched+beep&k=5")  # a shared link runs its query on load
+    paths = wait_for_results(browser, "results", 0)
+    assert paths[0] == "high.wav" and len(paths) == 5 and browser.find_element(By.ID, "k").get_attribute("value") == "5"
     browser.get(url)
     WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.body.dataset.ready === '1';"))
     browser.find_element(By.CSS_SELECTOR, "#search-form button").click()  # empty box

@@ -31,7 +31,7 @@ function resultItem(r) {
     r.duration !== null ? ` · ${fmtDuration(r.duration)}` : "");
   const audio = el("audio", { controls: true, preload: "none", src: r.url });
   const like = el("button", { type: "button", class: "like", title: "Search by this clip's sound" }, "More like this");
-  like.addEventListener("click", () => { navigate({ like: r.path }); });
+  like.addEventListener("click", () => { navigate({ like: r.path, k: k() }); });
   const li = el("li", { class: r.true ? "true" : "" }, el("div", { class: "rank" }, String(r.rank)), name, meta,
     el("div", { class: "player" }, audio, like));
   li.dataset.path = r.path;
@@ -103,7 +103,7 @@ async function loadCaptions() {
   list.replaceChildren(...captions.map((c) => {
     const li = el("li", { title: c.fname }, c.text);
     li.dataset.i = String(c.i);
-    li.addEventListener("click", () => navigate({ view: "eval", caption: c.i }));
+    li.addEventListener("click", () => navigate({ view: "eval", caption: c.i, k: k() }));
     return li;
   }));
   return captions;
@@ -111,7 +111,10 @@ async function loadCaptions() {
 
 async function evaluate(i) {
   await loadCaptions();
-  for (const li of $("captions").children) li.classList.toggle("active", li.dataset.i === String(i));
+  for (const li of $("captions").children) {
+    li.classList.toggle("active", li.dataset.i === String(i));
+    if (li.dataset.i === String(i)) li.scrollIntoView({ block: "nearest" });
+  }
   return runQuery($("eval-results"), $("eval-info"), `/api/eval?caption=${i}&k=${k()}`,
     (b) => `“${b.caption}”: the true clip ${b.true_path} ranks ${b.true_rank} of ${b.files}` +
       (b.true_rank > b.results.length ? " (below the list)" : ""));
@@ -123,7 +126,7 @@ function show(view) {
   if (view === "eval") loadCaptions().catch((err) => { $("eval-info").textContent = err.message; });
 }
 
-// The URL holds the query (?q= / ?like= / ?view=eval&caption=), so results can be shared and reloaded.
+// The URL holds the query (?q= / ?like= / ?view=eval&caption=, and &k=), so results can be shared and reloaded.
 function navigate(params) {
   const url = new URL(location.href);
   url.search = new URLSearchParams(params).toString();
@@ -134,6 +137,7 @@ function navigate(params) {
 function apply() {
   const p = new URLSearchParams(location.search);
   const view = p.get("view") || "search";
+  if (p.get("k") && [...$("k").options].some((o) => o.value === p.get("k"))) $("k").value = p.get("k");
   show(view);
   if (view === "eval" && p.has("caption")) return evaluate(p.get("caption"));
   if (p.get("like")) return searchLike(p.get("like"));
@@ -172,7 +176,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("search-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const q = $("query").value;
-    if (q.trim()) navigate({ q }); else searchText(q);  // an empty query shows the server's message
+    if (q.trim()) navigate({ q, k: k() }); else searchText(q);  // an empty query shows the server's message
   });
   $("upload").addEventListener("change", () => { if ($("upload").files.length) searchUpload($("upload").files[0]); });
   for (const b of $("tabs").children) b.addEventListener("click", () => navigate(b.dataset.view === "search" ? {} : { view: b.dataset.view }));
