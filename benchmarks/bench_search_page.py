@@ -205,7 +205,7 @@ def main() -> int:
     m = result["machine"]
     print(f"{n} clips, k={args.k}; {m['cpu']} ({m['cores']} cores), load {m['load_before']} -> {m['load_after']}")
     print(f"time to first page (cached index): {result['first_page_s']} s; index status rendered: "
-          f"{result['status_rendered_s']} s; of which run + text model + cached index loaded in "
+          f"{result['status_rendered_s']} s; of which cached index checked + text model loaded in "
           f"{result['server_ready_s']} s (the rest: Python start and imports)")
     print("| query (browser, request -> painted results) | n | median ms | p95 ms | max ms | server median ms |")
     print("|---|---|---|---|---|---|")

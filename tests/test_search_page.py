@@ -253,6 +253,11 @@ def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     # The folder vanishes while the page runs: a refresh answers 409 with the reason, searches go on.
     moved = tmp_path / "moved"
     with BackgroundServer(state) as url:
+        sf.write(tmp_path / "sounds" / "sub" / "new.wav", tone(5000, 16000), 16000)  # a refresh picks it up
+        status, _, body = request(url, "POST", "/api/refresh")
+        assert status == 200 and json.loads(body)["files"] == 9 and "1 added" in json.loads(body)["last_refresh"]
+        status, body = get_json(url, "/api/like?path=sub/new.wav&k=1")
+        assert status == 200 and body["results"][0]["path"] == "sub/new.wav"
         (tmp_path / "sounds").rename(moved)
         status, _, body = request(url, "POST", "/api/refresh")
         assert_refused(status, body, 409, "audio folder not found")

@@ -97,8 +97,8 @@ class PageState:
             self.refreshed = time.time()
             self.rows = {p: i for i, p in enumerate(self.retriever.index.paths)}
             self.durations = {}
-        if self.split:
-            self.load_split(self.split)
+            if self.split:
+                self.load_split(self.split)
         return self.last_update
 
     def load_split(self, split: str) -> None:
@@ -256,9 +256,12 @@ def search_like(request: Request) -> Response:
     rel = request.query_params.get("path", "")
     safe_file(state, rel)
     k = get_k(request)
-    row = state.rows[rel]
-    return timed(state, lambda: state.retriever.search_embeddings(state.retriever.index.embeddings[row:row + 1],
-                                                                  k)[0], like=rel, kind="audio")
+
+    def run() -> list[tuple[str, float]]:
+        row = state.rows[rel]  # read under the lock: a refresh may renumber the rows
+        return state.retriever.search_embeddings(state.retriever.index.embeddings[row:row + 1], k)[0]
+
+    return timed(state, run, like=rel, kind="audio")
 
 
 async def search_upload(request: Request) -> Response:
@@ -311,16 +314,16 @@ def evaluate(request: Request) -> Response:
     cap, k = state.captions[int(raw)], get_k(request)
     start = time.perf_counter()
     try:
-        with state.lock:
-            scores = state.retriever.index.embeddings @ state.retriever.embed_text([cap.text])[0]  # (n_files,)
+        with state.lock:  # the index and the caption's row change together on a refresh
+            index, row = state.retriever.index, cap.row
+            scores = index.embeddings @ state.retriever.embed_text([cap.text])[0]  # (n_files,)
     except (PipelineError, DataError) as err:
         raise BadRequest(str(err)) from err
     order = top_k(scores, len(scores))  # (n_files,) best first, ties by lower row
-    true_rank = int(np.flatnonzero(order == cap.row)[0]) + 1
-    paths_ = state.retriever.index.paths
-    results = [state.result(i, paths_[r], scores[r]) | {"true": bool(r == cap.row)}
-               for i, r in enumerate(order[:k], 1)]
-    return JSONResponse({"caption": cap.text, "i": int(raw), "fname": cap.fname, "true_path": paths_[cap.row],
+    true_rank = int(np.flatnonzero(order == row)[0]) + 1
+    paths_ = index.paths
+    results = [state.result(i, paths_[r], scores[r]) | {"true": bool(r == row)} for i, r in enumerate(order[:k], 1)]
+    return JSONResponse({"caption": cap.text, "i": int(raw), "fname": cap.fname, "true_path": paths_[row],
                          "true_rank": true_rank, "files": len(paths_), "results": results,
                          "server_ms": round(1000 * (time.perf_counter() - start), 2)})
 
