@@ -14,9 +14,14 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from utils.errors import DataError, PipelineError
+
+if TYPE_CHECKING:  # imported for real inside main(), after argument parsing (torch takes seconds)
+    from utils.retrieval import IndexUpdate, Retriever
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def serve(args: argparse.Namespace, retriever, refresh) -> int:
+def serve(args: argparse.Namespace, retriever: Retriever, refresh: Callable[[], IndexUpdate]) -> int:
     """Index, load the text model, then serve the page until Ctrl-C."""
     from utils.search_page import open_page
     from utils.search_page import serve as serve_page

@@ -111,6 +111,17 @@ def test_shared_url_and_empty_query(browser, served):
     assert "empty" in browser.find_element(By.ID, "search-info").text
 
 
+def test_upload_a_clip_as_the_query(browser, served):
+    url, state, _ = served
+    browser.get(url)
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.body.dataset.ready === '1';"))
+    seq = current_seq(browser, "results")
+    browser.find_element(By.ID, "upload").send_keys(str(state.retriever.index.folder / "noise.flac"))
+    assert wait_for_results(browser, "results", seq)[0] == "noise.flac"
+    assert "noise.flac (uploaded)" in browser.find_element(By.ID, "search-info").text
+    assert os.listdir(state.upload_dir.name) == []
+
+
 def test_evaluation_view_highlights_the_true_clip(browser, served):
     url, _, tmp = served
     browser.get(f"{url}?view=eval")
