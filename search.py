@@ -129,7 +129,7 @@ def serve(args: argparse.Namespace, retriever: Retriever, refresh: Callable[[], 
     from utils.search_page import serve as serve_page
 
     start = time.perf_counter()
-    state = open_page(retriever, refresh, args.files or args.audio, args.split, args.max_upload_mb)
+    state = open_page(retriever, refresh, args.files or args.audio, args.split, args.max_upload_mb, args.faiss)
     retriever.load_text_model()
     print(f"index of {args.files or retriever.index.folder}: {len(retriever.index)} files "
           f"({state.last_update.summary()}); ready in {time.perf_counter() - start:.2f} s", file=sys.stderr)

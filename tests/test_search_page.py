@@ -356,3 +356,18 @@ def test_file_list_errors(setup, tmp_path, capsys):
     for listing, words in [(tmp_path / "nope.txt", "file list not found"), (empty, "names no files")]:
         assert search.main(["--run", str(run_dir), "--files", str(listing), "a dog"]) == 2
         assert words in capsys.readouterr().err
+
+
+def test_page_with_faiss_gives_the_exact_results(page):
+    pytest.importorskip("faiss")
+    url, state, _, _ = page
+    targets = [f"/api/search?q={quote('a rising chirp')}&k=5", "/api/like?path=low.wav&k=5"]
+    exact = [get_json(url, t)[1]["results"] for t in targets]
+    state.use_faiss = True
+    try:
+        approx = [get_json(url, t)[1]["results"] for t in targets]
+    finally:
+        state.use_faiss = False
+    for e, a in zip(exact, approx, strict=True):
+        assert [r["path"] for r in e] == [r["path"] for r in a]
+        assert [r["score"] for r in e] == pytest.approx([r["score"] for r in a], abs=1e-3)

@@ -82,6 +82,7 @@ class PageState:
     captions: list[EvalCaption] = field(default_factory=list)
     captions_left_out: int = 0  # captions of the split whose clip is not in the index
     max_upload_bytes: int = int(DEFAULT_UPLOAD_MB * 1e6)
+    use_faiss: bool = False  # search.py --faiss
     last_update: IndexUpdate | None = None
     refreshed: float = 0.0  # time.time() of the last refresh
     lock: threading.Lock = field(default_factory=threading.Lock)  # one model call at a time
@@ -154,11 +155,13 @@ class PageState:
 
 
 def open_page(retriever: Retriever, refresh_index: Callable[[], IndexUpdate], source: str,
-              split: str | None = None, max_upload_mb: float = DEFAULT_UPLOAD_MB) -> PageState:
+              split: str | None = None, max_upload_mb: float = DEFAULT_UPLOAD_MB,
+              use_faiss: bool = False) -> PageState:
     """Index (``refresh_index``), then read the evaluation split: the state :func:`make_app` serves."""
     if max_upload_mb <= 0:
         raise PipelineError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
-    state = PageState(retriever, refresh_index, source, max_upload_bytes=int(max_upload_mb * 1e6))
+    state = PageState(retriever, refresh_index, source, max_upload_bytes=int(max_upload_mb * 1e6),
+                      use_faiss=use_faiss)
     state.refresh()
     if split:
         state.load_split(split)
@@ -248,7 +251,7 @@ def search_text(request: Request) -> Response:
     if not query.strip():
         raise BadRequest("the query is empty: type a description such as \"a dog barks while cars pass\"")
     k = get_k(request)
-    return timed(state, lambda: state.retriever.search(query, k), query=query, kind="text")
+    return timed(state, lambda: state.retriever.search(query, k, state.use_faiss), query=query, kind="text")
 
 
 def search_like(request: Request) -> Response:
@@ -259,7 +262,7 @@ def search_like(request: Request) -> Response:
 
     def run() -> list[tuple[str, float]]:
         row = state.rows[rel]  # read under the lock: a refresh may renumber the rows
-        return state.retriever.search_embeddings(state.retriever.index.embeddings[row:row + 1], k)[0]
+        return state.retriever.search_embeddings(state.retriever.index.embeddings[row:row + 1], k, state.use_faiss)[0]
 
     return timed(state, run, like=rel, kind="audio")
 
@@ -289,7 +292,7 @@ async def search_upload(request: Request) -> Response:
                 raise BadRequest("the upload was interrupted") from None
         if size == 0:
             raise BadRequest("the uploaded clip is empty")
-        return await run_in_threadpool(timed, state, lambda: state.retriever.search_audio(target, k),
+        return await run_in_threadpool(timed, state, lambda: state.retriever.search_audio(target, k, state.use_faiss),
                                        like=name, kind="upload")
     finally:
         target.unlink(missing_ok=True)
