@@ -16,12 +16,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from utils.cli import call
+from utils.embedder import check_queries
 from utils.errors import DataError, PipelineError
-
-if TYPE_CHECKING:  # imported for real inside main(), after argument parsing (torch takes seconds)
-    from utils.retrieval import IndexUpdate, Retriever
+from utils.search import Retriever
+from utils.search_index import IndexUpdate
+from utils.search_modes import read_file_list, results_json
+from utils.search_page import open_page
+from utils.search_page import serve as serve_page
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -61,8 +64,6 @@ def format_results(query: str, results: list[tuple[str, float]], folder: Path) -
 
 
 def check_args(args: argparse.Namespace) -> None:
-    from utils.retrieval import check_queries
-
     if args.k < 1:
         raise PipelineError(f"-k must be >= 1, got {args.k}")
     if args.serve:
@@ -77,57 +78,46 @@ def check_args(args: argparse.Namespace) -> None:
             raise DataError(f"query clip not found: {like}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    try:
-        from utils.retrieval import Retriever
-        from utils.search_modes import read_file_list, results_json
+def search(args: argparse.Namespace) -> None:
+    check_args(args)
+    retriever = Retriever.from_run(args.run, args.checkpoint, args.device)
+    files = read_file_list(args.files) if args.files else None
 
-        check_args(args)
-        retriever = Retriever.from_run(args.run, args.checkpoint, args.device)
-        files = read_file_list(args.files) if args.files else None
+    def refresh() -> IndexUpdate:
+        if files is not None:
+            return retriever.index_files(files, progress=True, rebuild=args.rebuild)
+        return retriever.index_folder(args.audio, progress=True, rebuild=args.rebuild)
 
-        def refresh():
-            if files is not None:
-                return retriever.index_files(files, progress=True, rebuild=args.rebuild)
-            return retriever.index_folder(args.audio, progress=True, rebuild=args.rebuild)
-
-        if args.serve:
-            return serve(args, retriever, refresh)
+    if args.serve:
+        serve(args, retriever, refresh)
+        return
+    start = time.perf_counter()
+    update = refresh()
+    folder = retriever.index.folder
+    print(f"index of {args.files or folder}: {len(retriever.index)} files ({update.summary()}) "
+          f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    out = []
+    if args.queries:
         start = time.perf_counter()
-        update = refresh()
-        folder = retriever.index.folder
-        print(f"index of {args.files or folder}: {len(retriever.index)} files ({update.summary()}) "
-              f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
-        out = []
-        if args.queries:
-            start = time.perf_counter()
-            retriever.load_text_model()
-            print(f"text model {retriever.conf.text.model} loaded in {time.perf_counter() - start:.2f} s",
-                  file=sys.stderr)
-            start = time.perf_counter()
-            results = retriever.search_many(args.queries, args.k, use_faiss=args.faiss)
-            print(f"searched {len(args.queries)} quer{'y' if len(args.queries) == 1 else 'ies'} "
-                  f"in {time.perf_counter() - start:.3f} s", file=sys.stderr)
-            out += [(q, "text", r) for q, r in zip(args.queries, results, strict=True)]
-        for like in args.like:
-            out.append((like, "audio", retriever.search_audio(like, args.k, use_faiss=args.faiss)))
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        retriever.load_text_model()
+        print(f"text model {retriever.conf.text.model} loaded in {time.perf_counter() - start:.2f} s",
+              file=sys.stderr)
+        start = time.perf_counter()
+        results = retriever.search_many(args.queries, args.k, use_faiss=args.faiss)
+        print(f"searched {len(args.queries)} quer{'y' if len(args.queries) == 1 else 'ies'} "
+              f"in {time.perf_counter() - start:.3f} s", file=sys.stderr)
+        out += [(q, "text", r) for q, r in zip(args.queries, results, strict=True)]
+    for like in args.like:
+        out.append((like, "audio", retriever.search_audio(like, args.k, use_faiss=args.faiss)))
     if args.json:
         print(json.dumps([results_json(q, kind, r) for q, kind, r in out], indent=1))
     else:
         print("\n\n".join(format_results(q if kind == "text" else f"sounds like {q}", r, folder)
                           for q, kind, r in out))
-    return 0
 
 
-def serve(args: argparse.Namespace, retriever: Retriever, refresh: Callable[[], IndexUpdate]) -> int:
+def serve(args: argparse.Namespace, retriever: Retriever, refresh: Callable[[], IndexUpdate]) -> None:
     """Index, load the text model, then serve the page until Ctrl-C."""
-    from utils.search_page import open_page
-    from utils.search_page import serve as serve_page
-
     start = time.perf_counter()
     state = open_page(retriever, refresh, args.files or args.audio, args.split, args.max_upload_mb, args.faiss)
     retriever.load_text_model()
@@ -138,7 +128,10 @@ def serve(args: argparse.Namespace, retriever: Retriever, refresh: Callable[[], 
                    ready=lambda url: print(f"listening page: {url}  (Ctrl-C stops it)", flush=True))
     except KeyboardInterrupt:
         pass
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return call(search, make_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.pat
 from models.core import build_model
 from utils.browser import find_chromium, start_chromium
 from utils.config import load_config, to_dict
-from utils.retrieval import FolderIndex, Retriever, scan_audio_files
+from utils.search import Retriever
+from utils.search_index import FolderIndex, scan_audio_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ import soundfile as sf
 from test_postprocessing import make_run_dir, tiny_conf
 from test_search import tone
 
-from utils.retrieval import Retriever
+from utils.search import Retriever
 from utils.search_page import PageState, open_page
 from utils.tables import TEXT_COLUMNS, write_rows
 

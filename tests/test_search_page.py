@@ -17,7 +17,7 @@ from test_search import load_search, tone, write_folder
 
 from utils.errors import PipelineError
 from utils.logmel import logmel
-from utils.retrieval import Retriever
+from utils.search import Retriever
 from utils.search_page import BackgroundServer, open_page
 
 

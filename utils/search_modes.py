@@ -1,4 +1,4 @@
-"""What ``search.py`` needs beyond :mod:`utils.retrieval`: file lists as input, JSON as output."""
+"""What ``search.py`` needs beyond :mod:`utils.search`: file lists as input, JSON as output."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The listening page: a small local web app over a :class:`utils.retrieval.Retriever` (``search.py --serve``).
+"""The listening page: a small local web app over a :class:`utils.search.Retriever` (``search.py --serve``).
 
 One static page (``utils/search_page_static/``: HTML, CSS and JS, nothing fetched from outside) and a JSON API:
 
@@ -41,8 +41,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from utils import paths
+from utils.audio import AUDIO_EXTENSIONS
 from utils.errors import DataError, PipelineError
-from utils.retrieval import AUDIO_EXTENSIONS, FolderIndex, IndexUpdate, Retriever, top_k
+from utils.metrics import top_k
+from utils.search import Retriever
+from utils.search_index import FolderIndex, IndexUpdate
 from utils.tables import TEXT_COLUMNS, read_rows
 
 STATIC_DIR = Path(__file__).resolve().parent / "search_page_static"
