@@ -23,8 +23,8 @@ from utils.errors import DataError, PipelineError
 from utils.search import Retriever
 from utils.search_index import IndexUpdate
 from utils.search_modes import read_file_list, results_json
-from utils.search_page import open_page
 from utils.search_page import serve as serve_page
+from utils.search_page_state import open_page
 
 
 def make_parser() -> argparse.ArgumentParser:

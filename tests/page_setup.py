@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from test_postprocessing import make_run_dir, tiny_conf
-from test_search import tone
+from test_search import tone, write_folder
 
 from utils.search import Retriever
-from utils.search_page import PageState, open_page
+from utils.search_page_state import PageState, open_page
 from utils.tables import TEXT_COLUMNS, write_rows
 
 CAPTIONS = {  # caption -> the clip it describes
@@ -28,23 +28,17 @@ CAPTIONS = {  # caption -> the clip it describes
 
 
 def write_clips(folder: Path) -> dict[str, Path]:
-    """Eight clips of distinct content (one in a subfolder), an unreadable file and a non-audio file."""
-    (folder / "sub").mkdir(parents=True)
-    clips = {
-        "low.wav": (tone(150, 16000), 16000),
-        "high.wav": (tone(3000, 22050), 22050),
-        "noise.flac": (tone(500, 44100, noise=0.5, seed=1), 44100),
-        "sub/chirp.wav": (tone(900, 16000, seconds=2.0) * np.linspace(0, 1, 32000, dtype=np.float32), 16000),
-        "sub/mid.ogg": (tone(1200, 16000, noise=0.05, seed=2), 16000),
+    """Eight clips of distinct content (test_search's five plus three), an unreadable file and a non-audio file."""
+    files = write_folder(folder)
+    extra = {
         "bass.wav": (tone(80, 16000, seconds=3.0), 16000),
         "buzz.wav": (tone(2000, 16000, noise=0.3, seed=3), 16000),
         "sub/hum.wav": (tone(300, 16000, seconds=2.5, noise=0.02, seed=4), 16000),
     }
-    for rel, (y, sr) in clips.items():
+    for rel, (y, sr) in extra.items():
         sf.write(folder / rel, y, sr)
     (folder / "broken.wav").write_bytes(b"RIFF not a wave file" * 10)
-    (folder / "notes.txt").write_text("not audio")
-    return {rel: folder / rel for rel in clips}
+    return files | {rel: folder / rel for rel in extra}
 
 
 def fake_text(retriever: Retriever) -> None:

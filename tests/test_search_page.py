@@ -18,7 +18,8 @@ from test_search import load_search, tone, write_folder
 from utils.errors import PipelineError
 from utils.logmel import logmel
 from utils.search import Retriever
-from utils.search_page import BackgroundServer, open_page
+from utils.search_page import BackgroundServer
+from utils.search_page_state import open_page
 
 
 @pytest.fixture(scope="module")
