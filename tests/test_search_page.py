@@ -266,13 +266,13 @@ def test_missing_folder_is_a_clear_error(tmp_path, capsys):
         assert status == 200 and body["results"][0]["path"] == "low.wav"
 
 
-def test_serve_refuses_a_split_that_is_not_the_folder(tmp_path, capsys):
-    state, _, _ = build_page(tmp_path)
+def test_serve_refuses_a_split_that_is_not_the_folder(page, tmp_path, capsys):
+    _, state, _, _ = page  # its run has the split 'evaluation', whose clips are not in `other`
     search = load_search()
     other = tmp_path / "other"
     other.mkdir()
     sf.write(other / "zzz.wav", tone(600, 16000), 16000)
-    argv = ["--run", str(tmp_path / "runs" / "r"), "--audio", str(other), "--serve", "--split", "evaluation"]
+    argv = ["--run", str(state.retriever.run.run_dir), "--audio", str(other), "--serve", "--split", "evaluation"]
     assert search.main(argv) == 2
     assert "none of the clips of" in capsys.readouterr().err
 
