@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONF ?= conf_demo.yaml
 RUN ?= runs/demo
-QUERY ?= a high-pitched whistle rises slowly
+QUERY ?= a medium-pitched whistle that falls in pitch
 
 .PHONY: setup demo test lint clean-demo
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/python preprocessing/00_make_demo_dataset.py --conf $(CONF) --clips 200 --panns-stand-in
+	$(BIN)/python preprocessing/00_make_demo_dataset.py --conf $(CONF) --clips 400 --duration-range 2 3 --panns-stand-in
 	$(BIN)/python preprocessing/01_clotho_dataset.py --conf $(CONF)
 	$(BIN)/python preprocessing/02_audio_logmel.py --conf $(CONF)
 	$(BIN)/python preprocessing/03_sbert_embeddings.py --conf $(CONF)

@@ -17,7 +17,14 @@ import numpy as np
 from utils.cli import add_run_args, make_parser, run, run_dir_of
 from utils.evaluation import evaluate_split
 from utils.metrics import format_table
-from utils.scoring import splits_to_score
+from utils.runs import eval_file
+from utils.scoring import read_scores, splits_to_score
+
+
+def chance_line(n_clips: int) -> str:
+    """What random ranking would score, so the metrics above mean something."""
+    return (f"chance (random ranking of {n_clips} clips): t2a R@1 = 1/{n_clips} = {1 / n_clips:.3f}, "
+            f"R@10 = {min(1.0, 10 / n_clips):.3f}")
 
 
 def main(args, conf) -> None:
@@ -30,6 +37,7 @@ def main(args, conf) -> None:
         median = float(np.median(report.ranks))
         print(f"[{split}] {len(report.ranks)} captions, median rank of the true clip {median:g}")
         print(format_table(report.metrics))
+        print(chance_line(len(read_scores(eval_file(run_dir, split, "scores")).audio_ids)))
         print(f"wrote {report.submission} and {split}_metrics.json, {split}_ranks.csv/.png in {report.submission.parent}")
 
 

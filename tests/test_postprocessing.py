@@ -236,6 +236,8 @@ def test_metrics_ranks_and_submission(tiny, capsys):
     expected = xmodal_metrics(sf.scores, t2a)
     assert metrics == expected and set(metrics["t2a"]) == {"mAP@10", "R@1", "R@5", "R@10"}
     assert f"{expected['t2a']['mAP@10']:.4f}" in out and "a2t" in out
+    n_clips = len(sf.audio_ids)
+    assert f"R@1 = 1/{n_clips} = {1 / n_clips:.3f}" in out  # the chance line, after the metrics
 
     with open(ev / "evaluation_ranks.csv", newline="") as f:
         ranks = list(csv.DictReader(f))

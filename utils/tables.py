@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from utils.errors import DataError
-from utils.fileio import atomic_path, atomic_write  # noqa: F401  (atomic_path: utils/demo_data.py imports it from here)
+from utils.fileio import atomic_write
 
 TEXT_COLUMNS = ["tid", "fid", "fname", "raw_text", "text"]
 AUDIO_COLUMNS = ["fid", "fname", "path", "duration", "sample_rate"]
