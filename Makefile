@@ -29,6 +29,7 @@ demo: setup
 	$(BIN)/python postprocessing/01_xmodal_scores.py --conf $(CONF) --run $(RUN)
 	$(BIN)/python postprocessing/02_xmodal_retrieval.py --conf $(CONF) --run $(RUN)
 	$(BIN)/python search.py --run $(RUN) --audio data/demo/evaluation -k 5 "$(QUERY)"
+	@echo "listen to the results: python search.py --run $(RUN) --audio data/demo/evaluation --serve"
 
 test: setup
 	$(BIN)/python -m pytest -q

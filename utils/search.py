@@ -1,10 +1,12 @@
-"""Text-to-audio search with a trained run: embed clips and captions, index a folder, search it.
+"""Text-to-audio and audio-to-audio search with a trained run: index a folder or a file list, search it.
 
     r = Retriever.from_run("runs/baseline", checkpoint="best", device="auto")
     r.embed_audio(["a.wav", (y, sr), logmels])   # -> (n, E) float32 unit vectors
     r.embed_text(["a dog barks"])                 # -> (n, E) float32 unit vectors
     r.index_folder("my_sounds/")                  # features + embeddings of every audio file, cached
+    r.index_files(["a.wav", "b/c.flac"])          # the same for a list of files (any folders)
     r.search("a dog barks while cars pass", k=10) # -> [(path, score), ...], best first
+    r.search_audio("query.wav", k=10)             # the files that sound most like a clip
 
 The folder index is cached at ``<run>/search_index/<sha1 of the absolute folder>_<checkpoint>.npz`` (see
 :class:`utils.search_index.FolderIndex` for its arrays). Later calls re-embed only files that were added or
@@ -31,57 +33,24 @@ import torch
 from tqdm import tqdm
 
 from utils import runs
-from utils.audio import AUDIO_EXTENSIONS, load_audio
-from utils.config import FeatureConf
+from utils.audio import AUDIO_EXTENSIONS
 from utils.devices import one_thread
+from utils.embedder import AudioItem, Embedder, check_queries, clip_features
 from utils.errors import DataError, PipelineError, warn
-from utils.inference import TEXT_VECTOR_BATCH, embed_audio, embed_text
-from utils.logmel import FORMULA, checked_logmel
+from utils.logmel import FORMULA
 from utils.metrics import top_k
-from utils.sbert import encode, load_sbert
-from utils.search_index import FolderIndex, IndexUpdate, scan_audio_files
+from utils.search_index import FolderIndex, IndexUpdate, list_files, scan_audio_files
 
 CHUNK_FILES = 32  # files whose features are held in memory at once while indexing
 FEW_QUERIES = 16  # up to this many captions per search run single-threaded on the CPU (see utils.devices.one_thread)
 
-AudioItem = str | os.PathLike | tuple | np.ndarray | torch.Tensor  # path, (y, sr), or (time, mels) log-mels
 
-
-def clip_features(item: AudioItem, features: FeatureConf) -> np.ndarray:
-    """Stage 2's log-mels of one clip: ``(time, n_mels)`` float32.
-
-    Args:
-        item: an audio file path (any format and sample rate soundfile / librosa read), a ``(y, sr)``
-            tuple (mono or ``(samples, channels)`` waveform), or log-mels ``(time, n_mels)`` used as they are.
-    """
-    if isinstance(item, (str, os.PathLike)):
-        y, sr = load_audio(item)
-    elif isinstance(item, tuple) and len(item) == 2:
-        y, sr = np.asarray(item[0], dtype=np.float32), int(item[1])
-        if y.ndim == 2:
-            y = y.mean(axis=1)  # (samples, channels) -> mono, as load_audio does
-    else:
-        mel = np.asarray(item.cpu() if isinstance(item, torch.Tensor) else item, dtype=np.float32)
-        if mel.ndim != 2 or mel.shape[1] != features.n_mels:
-            raise ValueError(f"expected a path, a (y, sr) tuple or log-mels (time, {features.n_mels}); "
-                             f"got an array of shape {mel.shape}")
-        return mel
-    mel, problem = checked_logmel(y, sr, features.n_mels, features.win_sec, features.hop_sec)  # (time, n_mels)
-    if problem:
-        raise DataError(problem)
-    return mel
-
-
-class Retriever:
+class Retriever(Embedder):
     """A trained dual encoder plus (optionally) one indexed folder. Build it with :meth:`from_run`."""
 
     def __init__(self, run: runs.LoadedRun, batch_size: int | None = None):
-        self.run = run
-        self.model = run.model
-        self.conf = run.conf
-        self.batch_size = batch_size or run.conf.eval.batch_size
+        super().__init__(run, batch_size)
         self.index: FolderIndex | None = None
-        self._sbert = None
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, checkpoint: str = "best", device: str | torch.device = "auto",
@@ -89,75 +58,13 @@ class Retriever:
         """Load ``<run_dir>/config.yaml`` and ``checkpoints/<checkpoint>.pt`` (see :func:`utils.runs.load_run`)."""
         return cls(runs.load_run(run_dir, checkpoint, device), batch_size)
 
-    @property
-    def device(self) -> torch.device:
-        return self.run.device
-
-    # ---- embeddings ------------------------------------------------------------------------
-
-    def embed_features(self, mels: Sequence[np.ndarray], progress: bool = False) -> np.ndarray:
-        """``[(time, n_mels)]`` log-mels -> ``(n, E)`` float32 unit vectors.
-
-        Only clips of equal length share a batch, so no clip is zero-padded and each embedding is the model's
-        output on that clip alone, whatever else is embedded with it (an index refresh gives the same vectors
-        as a rebuild).
-        """
-        out = np.empty((len(mels), self.conf.model.audio_enc.out_dim), np.float32)
-        lengths = np.array([m.shape[0] for m in mels], dtype=np.int64)
-        groups = [np.flatnonzero(lengths == n) for n in np.unique(lengths)]
-        for idx in tqdm(groups, desc="embed audio", unit="length", disable=not progress or len(groups) < 2,
-                        leave=False, file=sys.stderr):
-            emb = embed_audio(self.model, lambda k, idx=idx: mels[idx[k]], [int(lengths[idx[0]])] * len(idx),
-                              self.batch_size, self.device, self.run.dtype)  # (len(idx), E)
-            out[idx] = emb.numpy()
-        return out
-
-    def embed_audio(self, items: Sequence[AudioItem] | AudioItem, progress: bool = False) -> np.ndarray:
-        """Clips -> ``(n, E)`` float32 unit vectors.
-
-        Args:
-            items: file paths (any format / sample rate), ``(y, sr)`` tuples or ``(time, n_mels)`` log-mels.
-                A single path is accepted too. Unreadable files raise :class:`utils.errors.DataError`.
-        """
-        if isinstance(items, (str, os.PathLike)):
-            items = [items]
-        mels = [clip_features(item, self.conf.features) for item in items]
-        return self.embed_features(mels, progress=progress)
-
-    def embed_text(self, texts: Sequence[str] | str) -> np.ndarray:
-        """Captions -> ``(n, E)`` float32 unit vectors: the run's SBERT model (``text.model``) and the
-        trained projection, or the fine-tuned text encoder on the raw strings."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        check_queries(texts)
-        if self.model.text_input_kind == "text":
-            emb = embed_text(self.model, texts, self.conf.text.batch_size, self.device, self.run.dtype)
-        else:
-            vectors = self.text_vectors(texts)  # (n, D)
-            if self.run.text_dim is not None and vectors.shape[1] != self.run.text_dim:
-                raise PipelineError(
-                    f"text.model '{self.conf.text.model}' gives {vectors.shape[1]}-d vectors but the run's text "
-                    f"projection expects {self.run.text_dim}-d; was config.yaml's text.model changed after training?"
-                )
-            emb = embed_text(self.model, vectors, TEXT_VECTOR_BATCH, self.device, self.run.dtype)
-        return emb.numpy().astype(np.float32, copy=False)
-
-    def load_text_model(self) -> None:
-        """Load the SBERT model ``conf.text.model`` now rather than on the first query (no-op when the run
-        fine-tuned its own text encoder, which is part of the checkpoint)."""
-        if self._sbert is None and self.model.text_input_kind == "embedding":
-            self._sbert = load_sbert(self.conf.text.model, str(self.device))  # DataError says how to get it
-
-    def text_vectors(self, texts: list[str]) -> np.ndarray:
-        """Raw SBERT vectors ``(n, D)`` float32 from ``conf.text.model`` (loaded once)."""
-        self.load_text_model()
-        vectors = encode(self._sbert, texts, self.conf.text.batch_size, str(self.device), progress=False)
-        return np.asarray(vectors, dtype=np.float32)  # (n, D)
-
     # ---- folder index ----------------------------------------------------------------------
 
-    def index_path(self, folder: str | os.PathLike) -> Path:
-        """Where the index of ``folder`` is cached: ``<run>/search_index/<sha1(abs folder)>_<checkpoint>.npz``."""
-        key = hashlib.sha1(str(Path(folder).resolve()).encode("utf-8")).hexdigest()
+    def index_path(self, folder: str | os.PathLike, kind: str = "folder") -> Path:
+        """Where the index of ``folder`` is cached: ``<run>/search_index/<sha1(abs folder)>_<checkpoint>.npz``
+        (``kind='files'``: the index of a file list whose common folder is ``folder``, kept apart)."""
+        name = str(Path(folder).resolve()) if kind == "folder" else f"{kind}:{Path(folder).resolve()}"
+        key = hashlib.sha1(name.encode("utf-8")).hexdigest()
         return runs.run_file(self.run.run_dir, "search_index") / f"{key}_{self.run.checkpoint}.npz"
 
     def model_key(self) -> str:
@@ -176,7 +83,23 @@ class Retriever:
         folder = Path(folder).resolve()
         if not folder.is_dir():
             raise PipelineError(f"audio folder not found: {folder}")
-        cache = self.index_path(folder)
+        return self._index(folder, scan_audio_files(folder), self.index_path(folder), progress, rebuild)
+
+    def index_files(self, files: Sequence[str | os.PathLike], progress: bool = True,
+                    rebuild: bool = False) -> IndexUpdate:
+        """Index a list of audio files (any folders) instead of a whole folder; see :meth:`index_folder`.
+
+        The index's ``folder`` is the files' deepest common folder and its paths are relative to it. Listed
+        files that do not exist are left out with a warning and reported in ``IndexUpdate.missing``.
+        """
+        root, found, missing = list_files(files)
+        update = self._index(root, found, self.index_path(root, "files"), progress, rebuild)
+        update.missing = missing
+        return update
+
+    def _index(self, folder: Path, found: dict[str, tuple[int, int]], cache: Path, progress: bool,
+               rebuild: bool) -> IndexUpdate:
+        """Bring the cached index at ``cache`` up to date with ``found`` (relative path -> (mtime_ns, size))."""
         key = self.model_key()
         old = None if rebuild else FolderIndex.load(cache)
         update = IndexUpdate()
@@ -184,7 +107,6 @@ class Retriever:
             update.rebuilt = True
             old = FolderIndex(folder, key, [], np.empty(0, np.int64), np.empty(0, np.int64),
                               np.empty((0, self.conf.model.audio_enc.out_dim), np.float32))
-        found = scan_audio_files(folder)
 
         keep_rows, old_stat = [], {}
         for row, p in enumerate(old.paths):
@@ -251,30 +173,48 @@ class Retriever:
     def search_many(self, queries: Sequence[str], k: int = 10,
                     use_faiss: bool = False) -> list[list[tuple[str, float]]]:
         """:meth:`search` for several captions (embedded in one batch)."""
+        self._searchable(k)
+        check_queries(list(queries))
+        with one_thread(self.device.type == "cpu" and len(queries) <= FEW_QUERIES):
+            return self.search_embeddings(self.embed_text(list(queries)), k, use_faiss)
+
+    def search_audio(self, item: AudioItem, k: int = 10, use_faiss: bool = False) -> list[tuple[str, float]]:
+        """The ``k`` files of the index that sound most like ``item`` (audio -> audio): ``[(absolute path,
+        score)]``, best first; a clip of the index finds itself first (score 1).
+
+        Args:
+            item: an audio file path, a ``(y, sr)`` tuple or ``(time, n_mels)`` log-mels (as :meth:`embed_audio`).
+        """
+        self._searchable(k)
+        if isinstance(item, np.ndarray) and item.ndim == 1:
+            raise PipelineError("a bare waveform has no sample rate: pass (y, sr), a file path or log-mels")
+        try:
+            with one_thread(self.device.type == "cpu"):
+                return self.search_embeddings(self.embed_audio([item]), k, use_faiss)[0]
+        except ValueError as err:
+            raise PipelineError(str(err)) from err
+
+    def _searchable(self, k: int) -> FolderIndex:
+        """The index, after checking that there is one with files and that ``k`` >= 1."""
         index = self.index
         if index is None:
             raise PipelineError("no folder indexed yet: call index_folder(DIR) first")
         if k < 1:
             raise PipelineError(f"k must be >= 1, got {k}")
-        check_queries(list(queries))
         if not len(index):
             raise PipelineError(f"{index.folder} has no readable audio files ({', '.join(AUDIO_EXTENSIONS)})")
+        return index
+
+    def search_embeddings(self, q: np.ndarray, k: int = 10,
+                          use_faiss: bool = False) -> list[list[tuple[str, float]]]:
+        """The ``k`` best files for each query embedding ``q`` ``(n_queries, E)``: ``[[(path, score)]]``."""
+        index = self._searchable(k)
         k = min(k, len(index))
-        with one_thread(self.device.type == "cpu" and len(queries) <= FEW_QUERIES):
-            q = self.embed_text(list(queries))  # (n_queries, E)
-            if use_faiss:
-                scores, rows = index.faiss_index().search(np.ascontiguousarray(q, dtype=np.float32), k)
-            else:
-                all_scores = q @ index.embeddings.T  # (n_queries, n_files)
-                rows = top_k(all_scores, k)
-                scores = np.take_along_axis(all_scores, rows, axis=1)
+        q = np.asarray(q, dtype=np.float32).reshape(-1, index.embeddings.shape[1])  # (n_queries, E)
+        if use_faiss:
+            scores, rows = index.faiss_index().search(np.ascontiguousarray(q), k)
+        else:
+            all_scores = q @ index.embeddings.T  # (n_queries, n_files)
+            rows = top_k(all_scores, k)
+            scores = np.take_along_axis(all_scores, rows, axis=1)
         return [list(zip(index.abs_paths(r), map(float, s), strict=True)) for r, s in zip(rows, scores, strict=True)]
-
-
-def check_queries(texts: Sequence[str]) -> None:
-    """Raise :class:`PipelineError` for no captions or an empty / whitespace-only caption."""
-    if not texts:
-        raise PipelineError("no query given: pass a caption such as \"a dog barks while cars pass\"")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            raise PipelineError(f"query {i + 1} is empty: pass a caption such as \"a dog barks while cars pass\"")

@@ -1,7 +1,7 @@
 """The search index of one audio folder: which files it holds, and their embeddings, cached as an ``.npz``.
 
 :class:`FolderIndex` is the cached file; :class:`IndexUpdate` reports what a refresh changed;
-:func:`scan_audio_files` lists a folder. Building the embeddings is :class:`utils.search.Retriever`'s job.
+:func:`scan_audio_files` lists a folder, :func:`list_files` a list of files. Building the embeddings is :class:`utils.search.Retriever`'s job.
 """
 
 from __future__ import annotations
@@ -44,6 +44,27 @@ def scan_audio_files(folder: Path) -> dict[str, tuple[int, int]]:
             except OSError as err:
                 warn(f"cannot read {entry.path}: {err}")
     return dict(sorted(found.items()))
+
+
+def list_files(files: Sequence[str | os.PathLike]) -> tuple[Path, dict[str, tuple[int, int]], list[str]]:
+    """A list of audio files as an index sees them: ``(root, {path relative to root: (mtime_ns, size)}, missing)``,
+    where ``root`` is the deepest folder holding them all; listed files that do not exist are warned about and
+    returned in ``missing`` (absolute paths)."""
+    present, missing = [], []
+    for f in files:
+        path = Path(os.path.abspath(Path(f).expanduser()))
+        (present if path.is_file() else missing).append(path)
+    for path in missing:
+        warn(f"listed audio file not found: {path}")
+    if not present:
+        raise PipelineError(f"none of the {len(missing)} listed audio files exist"
+                            + (f" (first: {missing[0]})" if missing else ""))
+    root = Path(os.path.commonpath([str(p.parent) for p in present]))
+    found = {}
+    for path in present:
+        st = path.stat()
+        found[path.relative_to(root).as_posix()] = (st.st_mtime_ns, st.st_size)
+    return root, dict(sorted(found.items())), [str(p) for p in missing]
 
 
 @dataclass
@@ -121,6 +142,7 @@ class IndexUpdate:
     changed: list[str] = field(default_factory=list)  # files re-embedded because mtime or size changed
     removed: list[str] = field(default_factory=list)  # files gone from the folder
     skipped: list[str] = field(default_factory=list)  # files found unreadable in this update
+    missing: list[str] = field(default_factory=list)  # index_files: listed files that do not exist
     rebuilt: bool = False  # the cache was missing or made with another checkpoint / feature settings
 
     @property
