@@ -49,7 +49,7 @@ from models.core import build_model
 from utils.config import Config, from_dict, to_dict
 from utils.criterion_utils import info_nce
 from utils.data_utils import LogmelStore, PairDataset, SplitData
-from utils.inference import amp_dtype, resolve_device
+from utils.inference import amp_dtype, resolve_device, use_channels_last
 from utils.train_utils import (
     Dist,
     TrainState,
@@ -341,7 +341,7 @@ def run_ours(args: argparse.Namespace, data_dir: Path, sizes: Sizes, device: tor
     train_data = load_split_data(data_dir, SPLITS[0], sizes.development, conf.train.in_memory)
     val_data = load_split_data(data_dir, SPLITS[1], sizes.validation, conf.train.in_memory)
     model = build_model(conf, TEXT_DIM, load_prior=False).to(device)
-    if conf.train.channels_last and device.type == "cuda":  # as utils.train_utils._train
+    if use_channels_last(conf.train.channels_last, device):  # as utils.train_utils._train
         model.audio_enc.to(memory_format=torch.channels_last)
     train_model = torch.compile(model, dynamic=True) if conf.train.compile else model
     optimizer = build_optimizer(model, conf)
@@ -375,7 +375,7 @@ def run_ours(args: argparse.Namespace, data_dir: Path, sizes: Sizes, device: tor
             "train_steps_timed": k, "train_steps": n_steps, "val_clips_timed": n_sub, "val_clips": n_val,
             "extrapolated": k < n_steps or n_sub < n_val, "val_loss": val["val_loss"],
             "settings": {"amp": str(dtype).replace("torch.", "") if dtype else "fp32",
-                         "channels_last": conf.train.channels_last and device.type == "cuda",
+                         "channels_last": use_channels_last(conf.train.channels_last, device),
                          "workers": conf.train.num_workers, "pin_memory": device.type == "cuda",
                          "compile": conf.train.compile, "in_memory": conf.train.in_memory}}
 

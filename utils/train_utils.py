@@ -28,7 +28,7 @@ from utils.config import Config, from_dict, to_dict
 from utils.criterion_utils import info_nce
 from utils.data_utils import PairDataset, SplitData, collate_pairs, load_split
 from utils.errors import PipelineError
-from utils.inference import amp_dtype, autocast, embed_audio, embed_text, resolve_device
+from utils.inference import amp_dtype, autocast, embed_audio, embed_text, resolve_device, use_channels_last
 from utils.metrics import xmodal_metrics
 
 
@@ -418,7 +418,7 @@ def _train(conf: Config, restart: bool, d: Dist) -> TrainState:
 
     resuming = last_path.is_file() and not restart
     model = build_model(conf, text_dim, load_prior=not resuming).to(device)
-    if conf.train.channels_last and device.type == "cuda":
+    if use_channels_last(conf.train.channels_last, device):
         model.audio_enc.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, conf)
     scheduler = build_scheduler(optimizer, conf)
