@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -69,7 +71,7 @@ def _config(tiny_work, tmp_path, device: str, name: str, epochs: int, **train):
 class _Recorder:
     """Wraps the pieces of ``utils.train_utils`` that a branch changes, and records what they saw."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, device: str):
         self.losses: list[torch.Tensor] = []
         self.models: list = []
         self.encoder_dtypes: list[torch.dtype] = []
@@ -90,6 +92,8 @@ class _Recorder:
 
         def compile_(*args, **kwargs):
             self.compiled += 1
+            if device == "cpu":  # Dynamo + AOT autograd as on CUDA, minus inductor's minutes of C++ builds
+                kwargs["backend"] = "aot_eager"
             return real_compile(*args, **kwargs)
 
         def file_(store):
@@ -108,7 +112,7 @@ class _Recorder:
 def test_branch_trains_resumes_and_checkpoints(branch, device, tiny_work, tmp_path, monkeypatch, capsys):
     if reason := _skip_reason(branch, device):
         pytest.skip(reason)
-    rec = _Recorder(monkeypatch)
+    rec = _Recorder(monkeypatch, device)
     conf = _config(tiny_work, tmp_path, device, branch, epochs=1, **BRANCHES[branch])
     state = tu.train(conf)
     assert state.epoch == 1 and state.step == STEPS
@@ -251,3 +255,30 @@ def test_ddp_two_processes_with_amp_and_resume(device, tiny_work, tmp_path):
     assert_finite_float32([v for r in records for v in (r["train_loss"], r["val_loss"])], "DDP loss")
     last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert last["config"]["train"]["amp"] == "bf16" and last["state"]["step"] == 4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kill_and_resume_on_device(device, tiny_work, tmp_path):
+    """SIGKILL mid-run, then rerun: training continues after the last checkpointed epoch."""
+    run_dir = tmp_path / "runs" / "killed"
+    train = {"epochs": 5, "batch_size": 8, "max_steps_per_epoch": STEPS, "num_workers": 0, "eval_batch_size": 16,
+             "log_every": 1, "device": device, "early_stop": {"enabled": False}}
+    conf_path = write_config(tmp_path / "k.yaml", tiny_work, run_dir, train=train)
+    cmd = [sys.executable, str(ROOT / "main.py"), "--conf", str(conf_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (metrics.is_file() and metrics.read_text()):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(metrics.read_text().splitlines())
+    assert 1 <= done < 5, f"the kill should land mid-run (after {done} epochs)"
+
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"after epoch {done}" in resumed.stdout
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5] and records[-1]["step"] == 5 * STEPS
+    assert_finite_float32([v for r in records for v in (r["train_loss"], r["val_loss"])], "loss")
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["state"]["epoch"] == 5
