@@ -71,7 +71,8 @@ class Plan:
     amp_steps: int
     amp_width: float
     amp_clips: int
-    train_max_steps: int
+    amp_batch: int
+    amp_frames: int  # clips cropped to this many frames (0 = whole 15-30 s clips)
     bench_train_args: list[str]
     bench_scores_args: list[str]
     memory_width: float
@@ -83,7 +84,7 @@ class Plan:
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.dry_run:
         return Plan(device="cpu", stage2_clips=4, stage2_seconds=2.0, amp_steps=6, amp_width=0.125, amp_clips=8,
-                    train_max_steps=1,
+                    amp_batch=8, amp_frames=200,
                     bench_train_args=["--width", "0.125", "--clips", "8", "--max-steps", "1", "--warmup", "1",
                                       "--device", "cpu"],
                     bench_scores_args=["--device", "cpu", "--amp", "off", "--clips", "8", "--captions", "40",
@@ -93,7 +94,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                     gpu_test_args=["-m", "gpu", "tests/test_gpu_paths.py"])
     n = args.max_steps
     return Plan(device="cuda", stage2_clips=50, stage2_seconds=30.0, amp_steps=args.amp_steps, amp_width=1.0,
-                amp_clips=64, train_max_steps=n,
+                amp_clips=64, amp_batch=BATCH_SIZE, amp_frames=0,
                 bench_train_args=["--full", "--device", "cuda", "--max-steps", str(n)],
                 bench_scores_args=["--device", "cuda"],
                 memory_width=1.0, memory_frames=FRAMES[1], memory_max_batch=4096,
@@ -119,7 +120,7 @@ def pytest_counts(output: str) -> dict[str, int]:
 
 
 def step_gpu_tests(plan: Plan, work: Path) -> dict:
-    proc = run_script(["-m", "pytest", "-q", "-p", "no:cacheprovider", *plan.gpu_test_args], timeout=300)
+    proc = run_script(["-m", "pytest", "-q", "-p", "no:cacheprovider", *plan.gpu_test_args], timeout=480)
     counts = pytest_counts(proc.stdout)
     ok = proc.returncode == 0 and not counts.get("failed") and not counts.get("error")
     if plan.device == "cuda":
@@ -143,7 +144,7 @@ def step_stage2(plan: Plan, work: Path) -> dict:
 
 
 def loss_curve(conf: Config, dataset: PairDataset, order: list[list[int]], device: torch.device,
-               dtype: torch.dtype | None) -> list[float]:
+               dtype: torch.dtype | None, frames: int = 0) -> list[float]:
     """Train from seed 0 on the batches ``order`` (lists of pair indices); the loss at every step."""
     torch.manual_seed(0)
     model = build_model(conf, TEXT_DIM, load_prior=False).to(device).train()
@@ -151,13 +152,14 @@ def loss_curve(conf: Config, dataset: PairDataset, order: list[list[int]], devic
     losses = []
     for idx in order:
         batch = collate_pairs([dataset[i] for i in idx])
+        audio = batch.audio[:, :frames] if frames else batch.audio  # (B, T, mels)
         with autocast(device, dtype):
-            audio_emb, text_emb = model(batch.audio.to(device), batch.text.to(device))  # (B, E) each
+            audio_emb, text_emb = model(audio.to(device), batch.text.to(device))  # (B, E) each
         loss = info_nce(audio_emb.float(), text_emb.float(), batch.clip.to(device), conf.train.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -170,14 +172,15 @@ def step_amp_curves(plan: Plan, work: Path) -> dict:
     conf = from_dict(to_dict(conf))
     dataset = PairDataset(load_split_data(data_dir, "development", sizes.development, in_memory=True))
     rng = np.random.default_rng(0)
-    order = [rng.choice(len(dataset), BATCH_SIZE, replace=False).tolist() for _ in range(plan.amp_steps)]
+    order = [rng.choice(len(dataset), plan.amp_batch, replace=False).tolist() for _ in range(plan.amp_steps)]
     device = torch.device(plan.device)
     t0 = time.perf_counter()
-    fp32 = loss_curve(conf, dataset, order, device, None)
-    bf16 = loss_curve(conf, dataset, order, device, amp_dtype("bf16", device))
+    fp32 = loss_curve(conf, dataset, order, device, None, plan.amp_frames)
+    bf16 = loss_curve(conf, dataset, order, device, amp_dtype("bf16", device), plan.amp_frames)
     rel = np.abs(np.array(bf16) - np.array(fp32)) / np.maximum(np.abs(fp32), 1e-12)
     finite = bool(np.isfinite(fp32).all() and np.isfinite(bf16).all())
     return {"passed": finite and rel.max() <= AMP_MAX_REL and rel.mean() <= AMP_MEAN_REL, "steps": plan.amp_steps,
+            "batch": plan.amp_batch, "frames": plan.amp_frames or "15-30 s clips",
             "width": plan.amp_width, "max_rel_diff": float(rel.max()), "mean_rel_diff": float(rel.mean()),
             "limits": {"max": AMP_MAX_REL, "mean": AMP_MEAN_REL}, "fp32_first_last": [fp32[0], fp32[-1]],
             "bf16_first_last": [bf16[0], bf16[-1]], "fp32": fp32, "bf16": bf16, "seconds": time.perf_counter() - t0}
