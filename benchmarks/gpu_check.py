@@ -90,7 +90,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                     bench_scores_args=["--device", "cpu", "--amp", "off", "--clips", "8", "--captions", "40",
                                        "--naive-pairs", "200", "--subset-w1", "1", "--subset-small", "2",
                                        "--index-clips", "100", "--queries", "5"],
-                    memory_width=0.125, memory_frames=100, memory_max_batch=64,
+                    memory_width=0.125, memory_frames=48, memory_max_batch=64,
                     gpu_test_args=["-m", "gpu", "tests/test_gpu_paths.py"])
     n = args.max_steps
     return Plan(device="cuda", stage2_clips=50, stage2_seconds=30.0, amp_steps=args.amp_steps, amp_width=1.0,
@@ -229,9 +229,9 @@ def step_bench_scores(plan: Plan, work: Path) -> dict:
             "search": record.get("search"), "table": record.get("table")}
 
 
-def train_step_peak(conf: Config, batch: int, frames: int, device: torch.device) -> float:
+def train_step_peak(conf: Config, batch: int, frames: int, device: torch.device) -> float | None:
     """Peak GPU memory (MiB) of one bf16 training step at ``batch`` clips of ``frames`` frames; raises
-    ``torch.OutOfMemoryError`` when it does not fit. On the CPU (dry run) the step runs but 0.0 is returned."""
+    ``torch.OutOfMemoryError`` when it does not fit. On the CPU (dry run) the step runs and None is returned."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -246,7 +246,7 @@ def train_step_peak(conf: Config, batch: int, frames: int, device: torch.device)
         loss = info_nce(audio_emb.float(), text_emb.float(), torch.arange(batch, device=device), 0.07)
         loss.backward()
         optimizer.step()
-        return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+        return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     finally:
         del model, optimizer, audio, text
 
@@ -348,8 +348,9 @@ def markdown(record: dict) -> str:
     row("bench_scores", f"scoring speed-up {fmt(scoring.get('speedup'))}x" if "speedup" in scoring
         else "see the JSON's bench_scores.table")
     r = s.get("memory", {})
-    row("memory", f"width {r.get('width')}, {r.get('frames')} frames, bf16: peak {fmt(r.get('peak_mib_batch32'))} MiB "
-                  f"at batch 32; largest batch that fits {r.get('largest_batch_fits')} (first OOM: "
+    peak = r.get("peak_mib_batch32")
+    row("memory", f"width {r.get('width')}, {r.get('frames')} frames, bf16: peak "
+                  f"{fmt(peak) + ' MiB' if peak is not None else 'n/a (no GPU)'} at batch 32; largest batch that fits {r.get('largest_batch_fits')} (first OOM: "
                   f"{r.get('first_oom_batch')}, search cap {r.get('search_cap')})")
     return "\n".join(lines) + "\n"
 
