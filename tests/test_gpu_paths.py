@@ -64,7 +64,7 @@ def _skip_reason(branch: str, device: str) -> str | None:
 def _config(tiny_work, tmp_path, device: str, name: str, epochs: int, **train):
     settings = {"epochs": epochs, "batch_size": 8, "max_steps_per_epoch": STEPS, "num_workers": 0,
                 "eval_batch_size": 16, "log_every": 1, "device": device, "amp": "off",
-                "early_stop": {"enabled": False}, **train}
+                "channels_last": False, "early_stop": {"enabled": False}, **train}  # each branch alone
     return load_config(write_config(tmp_path / f"{name}.yaml", tiny_work, tmp_path / "runs" / name, train=settings))
 
 
