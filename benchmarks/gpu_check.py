@@ -106,9 +106,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
 # --------------------------------------------------------------------------------------------
 
 
-def run_script(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+def run_script(cmd: list[str], timeout: float, **env_vars: str) -> subprocess.CompletedProcess:
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # this checkout's code
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **env_vars}
     return subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=env)
 
@@ -188,7 +188,8 @@ def step_amp_curves(plan: Plan, work: Path) -> dict:
 
 def step_kill_resume(plan: Plan, work: Path) -> dict:
     test = f"tests/test_gpu_paths.py::test_kill_and_resume_on_device[{plan.device}]"
-    proc = run_script(["-m", "pytest", "-q", "-p", "no:cacheprovider", test], timeout=300)
+    proc = run_script(["-m", "pytest", "-q", "-p", "no:cacheprovider", test], timeout=300,
+                      GPU_CHECK_DRY_RUN="1")  # the CPU case is skipped in `make test` (test_train.py has one)
     counts = pytest_counts(proc.stdout)
     return {"passed": proc.returncode == 0 and counts.get("passed") == 1, "test": test, "counts": counts,
             "tail": proc.stdout[-1500:]}

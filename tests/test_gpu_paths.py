@@ -257,7 +257,12 @@ def test_ddp_two_processes_with_amp_and_resume(device, tiny_work, tmp_path):
     assert last["config"]["train"]["amp"] == "bf16" and last["state"]["step"] == 4
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", [
+    pytest.param("cpu", id="cpu", marks=pytest.mark.skipif(
+        not os.environ.get("GPU_CHECK_DRY_RUN"), reason="CPU kill + resume is tests/test_train.py's; "
+        "this case runs under benchmarks/gpu_check.py --dry-run")),
+    *DEVICES[1:],
+])
 def test_kill_and_resume_on_device(device, tiny_work, tmp_path):
     """SIGKILL mid-run, then rerun: training continues after the last checkpointed epoch."""
     run_dir = tmp_path / "runs" / "killed"
