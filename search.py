@@ -13,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from utils.cli import call
 from utils.errors import PipelineError
+from utils.search import Retriever, check_queries
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -41,32 +43,28 @@ def format_results(query: str, results: list[tuple[str, float]], folder: Path) -
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    try:
-        from utils.retrieval import Retriever, check_queries
-
-        check_queries(args.queries)
-        if args.k < 1:
-            raise PipelineError(f"-k must be >= 1, got {args.k}")
-        retriever = Retriever.from_run(args.run, args.checkpoint, args.device)
-        start = time.perf_counter()
-        update = retriever.index_folder(args.audio, progress=True, rebuild=args.rebuild)
-        folder = retriever.index.folder
-        print(f"index of {folder}: {len(retriever.index)} files ({update.summary()}) "
-              f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
-        start = time.perf_counter()
-        retriever.load_text_model()
-        print(f"text model {retriever.conf.text.model} loaded in {time.perf_counter() - start:.2f} s", file=sys.stderr)
-        start = time.perf_counter()
-        results = retriever.search_many(args.queries, args.k, use_faiss=args.faiss)
-        print(f"searched {len(args.queries)} quer{'y' if len(args.queries) == 1 else 'ies'} "
-              f"in {time.perf_counter() - start:.3f} s", file=sys.stderr)
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def search(args: argparse.Namespace) -> None:
+    check_queries(args.queries)
+    if args.k < 1:
+        raise PipelineError(f"-k must be >= 1, got {args.k}")
+    retriever = Retriever.from_run(args.run, args.checkpoint, args.device)
+    start = time.perf_counter()
+    update = retriever.index_folder(args.audio, progress=True, rebuild=args.rebuild)
+    folder = retriever.index.folder
+    print(f"index of {folder}: {len(retriever.index)} files ({update.summary()}) "
+          f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    start = time.perf_counter()
+    retriever.load_text_model()
+    print(f"text model {retriever.conf.text.model} loaded in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    start = time.perf_counter()
+    results = retriever.search_many(args.queries, args.k, use_faiss=args.faiss)
+    print(f"searched {len(args.queries)} quer{'y' if len(args.queries) == 1 else 'ies'} "
+          f"in {time.perf_counter() - start:.3f} s", file=sys.stderr)
     print("\n\n".join(format_results(q, r, folder) for q, r in zip(args.queries, results, strict=True)))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return call(search, make_parser(), argv)
 
 
 if __name__ == "__main__":

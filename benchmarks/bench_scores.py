@@ -12,7 +12,7 @@ Synthetic, Clotho-shaped inputs: 1045 clips x 5225 captions (5 per clip), 768-d 
 2. End to end with the CNN14 audio encoder: ours (utils.inference.embed_audio, clips batched by length) vs
    the baseline (one clip at a time, then the per-pair loop). The audio encoders are timed on a random subset
    of clips and extrapolated linearly to 1045 clips; width 1.0 (the real CNN14) and 0.125.
-3. Search latency per query on a 5000-clip index (utils.retrieval.Retriever): cached-index load + refresh,
+3. Search latency per query on a 5000-clip index (utils.search.Retriever): cached-index load + refresh,
    caption embedding (all-MiniLM-L6-v2 + projection, when installed), exact numpy top-10, FAISS top-10.
 
 Prints a markdown table and writes JSON to benchmarks/results/bench_scores_<device>.json (git-ignored).
@@ -32,13 +32,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from models.audio_encoders import CNN14Encoder
 from models.core import DualEncoderModel
 from models.text_encoders import SentBERTBaseEncoder
-from utils.inference import amp_dtype, embed_audio, embed_text, resolve_device
-from utils.retrieval import TEXT_VECTOR_BATCH, top_k
+from utils.config import Config, to_dict
+from utils.devices import one_thread, resolve_device
+from utils.inference import TEXT_VECTOR_BATCH, amp_dtype, embed_audio, embed_text
+from utils.metrics import top_k
+from utils.search import Retriever
+from utils.search_index import FolderIndex, scan_audio_files
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -177,11 +182,6 @@ def bench_end_to_end(args, device, dtype, rng, width: float, subset: int, scorin
 
 def bench_search(args, device, rng) -> dict:
     """A 5000-file folder (tiny placeholder files) with a matching cached index; time what a query costs."""
-    import yaml
-
-    from utils.config import Config, to_dict
-    from utils.retrieval import FolderIndex, Retriever, few_threads
-
     out: dict = {"n_files": args.index_clips}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -200,8 +200,6 @@ def bench_search(args, device, rng) -> dict:
             for k in range(args.index_clips // 50):
                 (folder / f"d{sub:02d}" / f"clip_{k:03d}.wav").write_bytes(b"x")
         retriever = Retriever.from_run(run_dir, device=str(device))
-        from utils.retrieval import scan_audio_files
-
         found = scan_audio_files(folder.resolve())
         emb = rng.normal(size=(len(found), args.out_dim)).astype(np.float32)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
@@ -221,7 +219,7 @@ def bench_search(args, device, rng) -> dict:
             scores = index_emb @ q  # (n_files,)
             return top_k(scores, 10)
 
-        with few_threads():  # as Retriever.search runs a single query on the CPU
+        with one_thread():  # as Retriever.search runs a single query on the CPU
             start = time.perf_counter()
             for q in queries:
                 exact_one(q)
@@ -229,7 +227,7 @@ def bench_search(args, device, rng) -> dict:
         try:
             index = retriever.index.faiss_index()
             index.search(queries[:1], 10)
-            with few_threads():
+            with one_thread():
                 start = time.perf_counter()
                 for q in queries:
                     index.search(q[None], 10)
@@ -243,7 +241,7 @@ def bench_search(args, device, rng) -> dict:
         try:
             captions = [f"a dog barks while car number {i} passes by in the rain" for i in range(args.queries)]
             retriever.embed_text(captions[:2])  # loads the SBERT model once
-            with few_threads():
+            with one_thread():
                 start = time.perf_counter()
                 for c in captions[: min(50, len(captions))]:
                     retriever.embed_text([c])

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.cli import make_parser
+from utils.cli import add_run_args, make_parser, run, run_dir_of
+from utils.evaluation import evaluate_split
 from utils.metrics import format_table
-from utils.scoring import add_run_args, evaluate_split, run_dir_of, run_script, splits_to_score
+from utils.scoring import splits_to_score
 
 
 def main(args, conf) -> None:
@@ -38,4 +39,4 @@ parser.add_argument("--splits", nargs="+", default=None,
                     help="splits to evaluate (default: data.eval_splits + data.query_splits)")
 
 if __name__ == "__main__":
-    run_script(main, parser)
+    run(main, parser)

@@ -1,8 +1,11 @@
-"""Every GPU code path of training, run for 2-3 steps on whatever devices exist (CPU always, CUDA when present):
-bf16 / fp16 autocast (fp16 with its GradScaler), channels-last, torch.compile, DataLoader workers with one
-persistent HDF5 handle each, in-memory features, resume across each of them, and 2-process DDP with AMP.
+"""Every GPU code path of training, run for 2 steps on whatever devices exist (CPU always, CUDA when present):
+bf16 / fp16 autocast (fp16 with its GradScaler, saved and restored on resume), channels-last, torch.compile,
+DataLoader workers with one persistent HDF5 handle each, in-memory features, and 2-process DDP with AMP.
 The same tests run unchanged on CUDA (``pytest -m gpu``; see tests/devices.py).
-"""
+
+Cheap on purpose (``make test`` runs on 2 cores): plain resume is tests/test_train.py's, so only fp16 (the one
+branch with extra state to restore) resumes here on the CPU; every branch resumes on CUDA and under
+``benchmarks/gpu_check.py --dry-run`` (``GPU_CHECK_DRY_RUN=1``), as does the DDP run."""
 
 from __future__ import annotations
 
@@ -27,14 +30,17 @@ from devices import (
 )
 from torch.utils.data import DataLoader, Dataset
 
+import utils.train_setup as ts
 import utils.train_utils as tu
 from models.core import build_model
-from utils.config import load_config
-from utils.criterion_utils import info_nce
+from utils.config import ConfigError, load_config
 from utils.data_utils import LogmelStore, PairDataset, collate_pairs, load_split
 from utils.inference import amp_dtype, autocast, use_channels_last
+from utils.infonce import info_nce
 
 STEPS = 2  # optimizer steps per epoch in these runs
+SMALL_MODEL = {"audio_enc": {"width": 0.0625, "init": "random"}}  # CNN14 at 1/16 width: 4 to 128 channels
+FULL_CPU = bool(os.environ.get("GPU_CHECK_DRY_RUN"))  # gpu_check --dry-run: the CPU cases resume too
 
 # Each branch: the train.* settings that switch it on.
 BRANCHES = {
@@ -61,15 +67,21 @@ def _skip_reason(branch: str, device: str) -> str | None:
     return None
 
 
+def _resumes(branch: str, device: str) -> bool:
+    """Whether the test also resumes ``branch`` (see the module docstring)."""
+    return device != "cpu" or FULL_CPU or branch == "fp16"
+
+
 def _config(tiny_work, tmp_path, device: str, name: str, epochs: int, **train):
     settings = {"epochs": epochs, "batch_size": 8, "max_steps_per_epoch": STEPS, "num_workers": 0,
                 "eval_batch_size": 16, "log_every": 1, "device": device, "amp": "off",
                 "channels_last": False, "early_stop": {"enabled": False}, **train}  # each branch alone
-    return load_config(write_config(tmp_path / f"{name}.yaml", tiny_work, tmp_path / "runs" / name, train=settings))
+    return load_config(write_config(tmp_path / f"{name}.yaml", tiny_work, tmp_path / "runs" / name, train=settings,
+                                    model=SMALL_MODEL))
 
 
 class _Recorder:
-    """Wraps the pieces of ``utils.train_utils`` that a branch changes, and records what they saw."""
+    """Wraps the pieces of training (``utils.train_utils``, ``utils.train_setup``) that a branch changes, and records what they saw."""
 
     def __init__(self, monkeypatch, device: str):
         self.losses: list[torch.Tensor] = []
@@ -77,7 +89,7 @@ class _Recorder:
         self.encoder_dtypes: list[torch.dtype] = []
         self.compiled = 0
         self.handle_opens = 0
-        real_loss, real_build, real_compile, real_file = tu.info_nce, tu.build_model, torch.compile, LogmelStore._file
+        real_loss, real_build, real_compile, real_file = tu.info_nce, ts.build_model, torch.compile, LogmelStore._file
 
         def loss(*args, **kwargs):
             out = real_loss(*args, **kwargs)
@@ -102,7 +114,7 @@ class _Recorder:
             return real_file(store)
 
         monkeypatch.setattr(tu, "info_nce", loss)
-        monkeypatch.setattr(tu, "build_model", build)
+        monkeypatch.setattr(ts, "build_model", build)
         monkeypatch.setattr(torch, "compile", compile_)
         monkeypatch.setattr(LogmelStore, "_file", file_)
 
@@ -135,6 +147,7 @@ def test_branch_trains_resumes_and_checkpoints(branch, device, tiny_work, tmp_pa
     ckpt = torch.load(last, weights_only=True)
     assert ckpt["state"]["step"] == STEPS
     assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
+    assert ckpt["model"].keys() == model.state_dict().keys(), "saved from the plain model, not the compiled one"
     if branch == "fp16":
         assert ckpt["scaler"]["scale"] > 0, "fp16 trains with an enabled GradScaler, saved for resume"
     else:
@@ -142,6 +155,8 @@ def test_branch_trains_resumes_and_checkpoints(branch, device, tiny_work, tmp_pa
     best = torch.load(conf.run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert best["epoch"] == 1
 
+    if not _resumes(branch, device):
+        return
     # Resume with the same branch switched on: one more epoch, continuing the step count.
     conf.train.epochs = 2
     capsys.readouterr()
@@ -190,6 +205,18 @@ def test_explicit_settings_apply_on_cpu_and_auto_keeps_cpu_plain():
     assert not use_channels_last("auto", cpu) and use_channels_last(True, cpu) and not use_channels_last(False, cpu)
     if HAS_CUDA:
         assert use_channels_last("auto", torch.device("cuda")) and amp_dtype("auto", torch.device("cuda"))
+
+
+@pytest.mark.parametrize(("text", "value"), [("auto", "auto"), ("true", True), ("false", False)])
+def test_channels_last_setting_reads_auto_true_false(text, value):
+    conf = load_config(ROOT / "conf.yaml", [f"train.channels_last={text}"])
+    assert conf.train.channels_last == value and type(conf.train.channels_last) is type(value)
+
+
+def test_bad_channels_last_setting_is_one_line_naming_the_key():
+    with pytest.raises(ConfigError, match=r"train\.channels_last") as err:
+        load_config(ROOT / "conf.yaml", ["train.channels_last=sometimes"])
+    assert "\n" not in str(err.value)
 
 
 class _HandleProbe(Dataset):
@@ -241,13 +268,16 @@ def test_ddp_two_processes_with_amp_and_resume(device, tiny_work, tmp_path):
     run_dir = tmp_path / "runs" / "ddp_amp"
     train = {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2, "num_workers": 0, "eval_batch_size": 16,
              "log_every": 1, "device": device, "amp": "bf16", "early_stop": {"enabled": False}}
-    proc = _torchrun(write_config(tmp_path / "c.yaml", tiny_work, run_dir, train=train))
+    proc = _torchrun(write_config(tmp_path / "c.yaml", tiny_work, run_dir, train=train, model=SMALL_MODEL))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes" in proc.stdout and "amp=torch.bfloat16" in proc.stdout
     first = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert first["state"]["step"] == 2
+    assert first["state"]["step"] == 2 and first["config"]["train"]["amp"] == "bf16"
+    if not _resumes("ddp", device):
+        return
 
-    proc = _torchrun(write_config(tmp_path / "c.yaml", tiny_work, run_dir, train={**train, "epochs": 2}))
+    proc = _torchrun(write_config(tmp_path / "c.yaml", tiny_work, run_dir, train={**train, "epochs": 2},
+                                  model=SMALL_MODEL))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("resuming") == 1  # rank 0 only
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

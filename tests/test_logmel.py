@@ -17,11 +17,10 @@ import pytest
 import soundfile as sf
 
 from utils.audio import AudioReadError, load_audio
+from utils.devices import one_thread
 from utils.errors import DataError
 from utils.logmel import (
     FORMULA,
-    SKIP_PREFIX,
-    extract_split,
     frame_spec,
     logmel,
     logmel_librosa,
@@ -29,9 +28,9 @@ from utils.logmel import (
     logmel_torch,
     logmel_torch_batch,
     mel_filters,
-    one_thread,
-    parts_dir_for,
 )
+from utils.logmel_extract import SKIP_PREFIX, extract_split
+from utils.logmel_parts import parts_dir_for
 from utils.tables import AUDIO_COLUMNS, SKIPPED_COLUMNS, read_rows, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,10 +10,15 @@ import stat
 import warnings
 from pathlib import Path
 
+import audioread
+import librosa
 import numpy as np
 import soundfile as sf
 
 from utils.errors import DataError
+
+# What soundfile (libsndfile) or librosa (audioread / ffmpeg) can decode: stage 1's and search's audio files.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".opus")
 
 # Containers whose 16-bit PCM soundfile decodes exactly as int / 32768; read as int16 and scaled
 # ourselves, which is 4x faster than libsndfile's own float conversion and bit-identical to it.
@@ -93,15 +98,7 @@ def _to_mono(y: np.ndarray) -> np.ndarray:
 
 def _read_fallback(path: Path, sf_err: Exception) -> tuple[np.ndarray, int]:
     """Formats libsndfile cannot read (e.g. m4a): let librosa try its other backends."""
-    import librosa
-
-    errors: tuple[type[BaseException], ...] = (RuntimeError, OSError, ValueError, EOFError)
-    try:
-        import audioread
-
-        errors += (audioread.DecodeError,)
-    except ImportError:  # pragma: no cover - audioread is a librosa dependency
-        pass
+    errors = (RuntimeError, OSError, ValueError, EOFError, audioread.DecodeError)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # librosa's "PySoundFile failed. Trying audioread instead."

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import soundfile as sf
 
+from utils.audio import AUDIO_EXTENSIONS
 from utils.errors import DataError
 
 CAPTION_COLUMNS = [f"caption_{i}" for i in range(1, 6)]
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".opus"}
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
 
 
@@ -42,7 +42,7 @@ def name_key(name: str) -> str:
     name = unicodedata.normalize("NFC", name)
     name = re.sub(r"\s+", " ", name).strip()
     stem, dot, ext = name.rpartition(".")
-    if dot and ext.lower() in {s[1:] for s in AUDIO_SUFFIXES}:
+    if dot and ext.lower() in {s[1:] for s in AUDIO_EXTENSIONS}:
         name = f"{stem.strip()}.{ext}"
     return name
 
@@ -93,7 +93,7 @@ class ClipIndex:
         if not folder.is_dir():
             return index
         for path in sorted(folder.iterdir()):
-            if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES:
+            if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
                 index.by_key.setdefault(name_key(path.name), path)
                 index.by_loose.setdefault(loose_key(path.name), []).append(path)
         return index

@@ -7,6 +7,7 @@ Item and batch schemas:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from utils import paths
 from utils.config import Config
 from utils.errors import DataError
 from utils.tables import read_text_table
+from utils.text_embeddings import load_text_embeddings
 
 
 class LogmelStore:
@@ -39,8 +41,6 @@ class LogmelStore:
             self._cache = {k: f[k][()] for k in f.keys()} if in_memory else None
 
     def _file(self) -> h5py.File:
-        import os
-
         if self._h5 is None or self._pid != os.getpid():
             self._h5 = h5py.File(self.path, "r")
             self._pid = os.getpid()
@@ -57,9 +57,6 @@ class LogmelStore:
 
     def n_frames(self, fid: str) -> int:
         return self._shapes[fid][0]
-
-    def n_mels(self) -> int:
-        return next(iter(self._shapes.values()))[1] if self._shapes else 0
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -83,27 +80,37 @@ class SplitData:
         return [r["raw_text"] for r in self.text_rows]
 
 
-def load_split(conf: Config, split: str, need_embeds: bool = True, in_memory: bool = False) -> SplitData:
-    """Load and cross-check a paired split; raise :class:`DataError` naming the file and the fix."""
+def read_captions(conf: Config, split: str) -> list[dict]:
+    """The caption table of ``split``; :class:`DataError` when it is missing or empty."""
     rows = read_text_table(paths.text_table(conf, split))
     if not rows:
         raise DataError(f"{paths.text_table(conf, split)} has no captions; check stage 1's output for '{split}'")
+    return rows
+
+
+def open_features(conf: Config, split: str, fids: list[str], table: Path, in_memory: bool = False) -> LogmelStore:
+    """The log-mels of ``split``; :class:`DataError` when a clip of ``fids`` (listed in ``table``) has none."""
     store = LogmelStore(paths.logmels(conf, split), in_memory=in_memory)
-    fid_index: dict[str, int] = {}
-    for r in rows:
-        fid_index.setdefault(r["fid"], len(fid_index))
-    missing = [fid for fid in fid_index if fid not in store]
+    missing = [fid for fid in fids if fid not in store]
     if missing:
         raise DataError(
-            f"{len(missing)} clip(s) of {paths.text_table(conf, split)} have no features in {store.path} "
+            f"{len(missing)} clip(s) of {table} have no features in {store.path} "
             f"(e.g. fid {missing[0]}). Re-run preprocessing/02_audio_logmel.py; if it lists them in "
             f"{paths.skipped_table(conf, split).name} they are unreadable: fix or remove those clips, then re-run "
             "stages 1 and 2."
         )
+    return store
+
+
+def load_split(conf: Config, split: str, need_embeds: bool = True, in_memory: bool = False) -> SplitData:
+    """Load and cross-check a paired split; raise :class:`DataError` naming the file and the fix."""
+    rows = read_captions(conf, split)
+    fid_index: dict[str, int] = {}
+    for r in rows:
+        fid_index.setdefault(r["fid"], len(fid_index))
+    store = open_features(conf, split, list(fid_index), paths.text_table(conf, split), in_memory)
     embeds = None
     if need_embeds:
-        from utils.sbert import load_text_embeddings
-
         embeds = load_text_embeddings(paths.text_embeds(conf), split, rows)
     return SplitData(split, rows, list(fid_index), np.array([fid_index[r["fid"]] for r in rows]), store, embeds)
 

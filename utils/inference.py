@@ -9,17 +9,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.config import ConfigError
 from utils.data_utils import length_sorted_batches, pad_stack
 
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``'auto'`` -> cuda when available, else cpu; otherwise ``torch.device(spec)``."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{spec}' was requested but CUDA is not available; use 'auto' or 'cpu'")
-    return torch.device(spec)
+TEXT_VECTOR_BATCH = 65536  # SBERT vectors per text-branch call (a linear layer: one call in practice)
 
 
 def amp_dtype(spec: str, device: torch.device) -> torch.dtype | None:
