@@ -51,6 +51,7 @@ from utils.config import Config, from_dict, to_dict
 from utils.data_utils import LogmelStore, SplitData
 from utils.ddp import Dist
 from utils.devices import resolve_device
+from utils.inference import use_channels_last
 from utils.infonce import info_nce
 from utils.runs import git_commit
 from utils.train_setup import TrainData, make_loader, setup_training
@@ -367,7 +368,7 @@ def run_ours(args: argparse.Namespace, data_dir: Path, sizes: Sizes, device: tor
             "train_steps_timed": k, "train_steps": n_steps, "val_clips_timed": n_sub, "val_clips": n_val,
             "extrapolated": k < n_steps or n_sub < n_val, "val_loss": val["val_loss"],
             "settings": {"amp": str(dtype).replace("torch.", "") if dtype else "fp32",
-                         "channels_last": conf.train.channels_last and device.type == "cuda",
+                         "channels_last": use_channels_last(conf.train.channels_last, device),
                          "workers": conf.train.num_workers, "pin_memory": device.type == "cuda",
                          "compile": conf.train.compile, "in_memory": conf.train.in_memory}}
 

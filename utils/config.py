@@ -137,7 +137,7 @@ class TrainConf:
     early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)
     device: str = "auto"  # 'auto', 'cpu', 'cuda' or 'cuda:N'
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # autocast; auto = bf16 on CUDA, off on CPU
-    channels_last: bool = True  # NHWC memory format for the CNN on CUDA
+    channels_last: bool | Literal["auto"] = "auto"  # NHWC convolutions; auto = on CUDA, off on CPU
     compile: bool = False  # torch.compile the audio encoder
     num_workers: int = 2  # DataLoader worker processes
     in_memory: bool = False  # hold a split's features in RAM instead of reading the HDF5

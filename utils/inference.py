@@ -15,14 +15,20 @@ TEXT_VECTOR_BATCH = 65536  # SBERT vectors per text-branch call (a linear layer:
 
 
 def amp_dtype(spec: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``train.amp``: auto = bf16 on CUDA (fp16 where bf16 is unsupported), off on CPU."""
-    if spec == "off" or device.type != "cuda":
+    """Autocast dtype for ``train.amp``: auto = bf16 on CUDA (fp16 where bf16 is unsupported), off on CPU;
+    an explicit ``bf16`` / ``fp16`` applies on every device (CPU autocast runs both)."""
+    if spec == "off" or (spec == "auto" and device.type != "cuda"):
         return None
     if spec == "fp16":
         return torch.float16
     if spec == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
+
+
+def use_channels_last(spec: bool | str, device: torch.device) -> bool:
+    """``train.channels_last``: auto = on CUDA only; an explicit true / false applies on every device."""
+    return device.type == "cuda" if spec == "auto" else bool(spec)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

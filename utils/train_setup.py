@@ -21,7 +21,7 @@ from utils.data_utils import PairDataset, SplitData, collate_pairs, load_split
 from utils.ddp import Dist
 from utils.devices import resolve_device
 from utils.errors import PipelineError
-from utils.inference import amp_dtype
+from utils.inference import amp_dtype, use_channels_last
 from utils.resume import resume
 
 
@@ -131,7 +131,7 @@ def setup_training(conf: Config, d: Dist, restart: bool = False, data: TrainData
 
     resuming = runs.checkpoint_file(conf.run_dir, "last").is_file() and not restart
     model = build_model(conf, data.text_dim, load_prior=not resuming).to(device)
-    if conf.train.channels_last and device.type == "cuda":
+    if use_channels_last(conf.train.channels_last, device):
         model.audio_enc.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, conf)
     scheduler = build_scheduler(optimizer, conf)
