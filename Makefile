@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONF ?= conf_demo.yaml
 RUN ?= runs/demo
-QUERY ?= a high-pitched whistle rises slowly
+QUERY ?= a medium-pitched whistle that falls in pitch
 
 .PHONY: setup demo test lint clean-demo
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/python preprocessing/00_make_demo_dataset.py --conf $(CONF) --clips 200 --panns-stand-in
+	$(BIN)/python preprocessing/00_make_demo_dataset.py --conf $(CONF) --clips 400 --duration-range 2 3 --panns-stand-in
 	$(BIN)/python preprocessing/01_clotho_dataset.py --conf $(CONF)
 	$(BIN)/python preprocessing/02_audio_logmel.py --conf $(CONF)
 	$(BIN)/python preprocessing/03_sbert_embeddings.py --conf $(CONF)
@@ -29,6 +29,7 @@ demo: setup
 	$(BIN)/python postprocessing/01_xmodal_scores.py --conf $(CONF) --run $(RUN)
 	$(BIN)/python postprocessing/02_xmodal_retrieval.py --conf $(CONF) --run $(RUN)
 	$(BIN)/python search.py --run $(RUN) --audio data/demo/evaluation -k 5 "$(QUERY)"
+	@echo "listen to the results: python search.py --run $(RUN) --audio data/demo/evaluation --serve"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -9,16 +9,24 @@ Rerunning with the same run directory (run.dir/run.name) resumes from checkpoint
 from __future__ import annotations
 
 from utils.cli import make_parser, run
+from utils.errors import PipelineError
+from utils.runs import checkpoint_file
 from utils.train_utils import train
 
 
 def main(args, conf) -> None:
+    last = checkpoint_file(conf.run_dir, "last")
+    if args.resume and args.restart:
+        raise PipelineError("--resume and --restart contradict each other; pass one of them")
+    if args.resume and not last.is_file():
+        raise PipelineError(f"--resume: there is no {last} to resume from; drop --resume to start a new run")
     train(conf, restart=args.restart)
 
 
 parser = make_parser(__doc__.splitlines()[0])
 parser.add_argument("--resume", action="store_true",
-                    help="continue from <run dir>/checkpoints/last.pt (the default when it exists)")
+                    help="insist on continuing from <run dir>/checkpoints/last.pt: an error if it does not exist "
+                         "(without either flag a run resumes when last.pt exists)")
 parser.add_argument("--restart", action="store_true", help="ignore an existing last.pt and train from scratch")
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.path when run as a script)
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
+from machine import (  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+    cpu_name,
+    save_result,
+)
 
 # --------------------------------------------------------------------------------------------
 # Synthetic clips
@@ -94,7 +94,7 @@ def baseline_side(rows: list[dict], root: Path, out: Path) -> None:
 
 
 def ours_side(rows: list[dict], root: Path, out: Path, workers: int) -> None:
-    from utils.logmel import extract_split
+    from utils.logmel_extract import extract_split
 
     extract_split(rows, root, out, out.with_suffix(".skipped.csv"), workers=workers, device="cpu",
                   progress=False)
@@ -113,7 +113,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         import torch  # noqa: F401
 
-        import utils.logmel  # noqa: F401
+        import utils.logmel_extract  # noqa: F401
     import_s = time.perf_counter() - t0
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     if args.child.startswith("baseline"):
@@ -259,10 +259,7 @@ def main() -> None:
               / best["ours"]["cpu_seconds"],
               "max_abs_diff": max_abs_diff, "profile_ms": steps, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     print_table(report)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"logmel_n{args.n}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"\nwrote {out}")
+    save_result(f"logmel_n{args.n}", report)
     if max_abs_diff > 1e-4:
         sys.exit(f"outputs differ by {max_abs_diff:.2e} > 1e-4")
 

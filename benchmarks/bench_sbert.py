@@ -24,11 +24,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+from machine import (  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+    cpu_name,
+    save_result,
+)
 
-from utils.sbert import MPNET_NAME, encode, load_sbert, resolve_device, resolve_model_path
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from utils.devices import resolve_device
+from utils.sbert import encode, load_sbert, resolve_model_path
+from utils.sbert_download import MPNET_NAME
 
 SUBJECTS = ["a dog", "a man", "a woman", "children", "a car", "a train", "birds", "a crowd", "water", "the wind",
             "an engine", "a door", "rain", "a bell", "a machine", "footsteps", "a truck", "a cat", "waves", "thunder"]
@@ -77,7 +80,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "baseline":
         embeds = np.stack([model.encode(caption) for caption in captions])  # the baseline's loop; (N, D)
     else:
-        embeds = encode(model, captions, args.batch_size, resolve_device(args.device), progress=False)  # (N, D)
+        embeds = encode(model, captions, args.batch_size, str(resolve_device(args.device)), progress=False)  # (N, D)
     seconds = time.perf_counter() - t0
     np.save(args.out_npy, embeds.astype(np.float32))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -141,10 +144,7 @@ def main() -> None:
               "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "results": best, "runs": runs,
               "speedup": ratio, "max_abs_diff": max_abs_diff, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     print_table(report)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"sbert_{Path(name).name}_{args.device}_n{args.n}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"\nwrote {out}")
+    save_result(f"sbert_{Path(name).name}_{args.device}_n{args.n}", report)
 
 
 def print_table(report: dict) -> None:

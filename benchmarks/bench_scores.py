@@ -10,9 +10,9 @@ Synthetic, Clotho-shaped inputs: 1045 clips x 5225 captions (5 per clip), 768-d 
    the baseline's loop (one text-branch call and one score per (caption, clip) pair). The loop is timed on a
    random sample of pairs and extrapolated linearly to all 5.46 M pairs.
 2. End to end with the CNN14 audio encoder: ours (utils.inference.embed_audio, clips batched by length) vs
-   the baseline (one clip at a time, then the per-pair loop). The audio encoders are timed on a random subset
-   of clips and extrapolated linearly to 1045 clips; width 1.0 (the real CNN14) and 0.125.
-3. Search latency per query on a 5000-clip index (utils.retrieval.Retriever): cached-index load + refresh,
+   the baseline (one clip at a time, then the per-pair loop). The audio encoders are timed on a subset of clips
+   at evenly spaced length quantiles (so it is as long as Clotho's on average) and extrapolated by total frames; width 1.0 (the real CNN14) and 0.125.
+3. Search latency per query on a 5000-clip index (utils.search.Retriever): cached-index load + refresh,
    caption embedding (all-MiniLM-L6-v2 + projection, when installed), exact numpy top-10, FAISS top-10.
 
 Prints a markdown table and writes JSON to benchmarks/results/bench_scores_<device>.json (git-ignored).
@@ -32,13 +32,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from models.audio_encoders import CNN14Encoder
 from models.core import DualEncoderModel
 from models.text_encoders import SentBERTBaseEncoder
-from utils.inference import amp_dtype, embed_audio, embed_text, resolve_device
-from utils.retrieval import TEXT_VECTOR_BATCH, top_k
+from utils import inference
+from utils.config import Config, to_dict
+from utils.devices import one_thread, resolve_device
+from utils.inference import TEXT_VECTOR_BATCH, amp_dtype, embed_audio, embed_text
+from utils.metrics import top_k
+from utils.search import Retriever
+from utils.search_index import FolderIndex, scan_audio_files
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -157,31 +163,48 @@ def bench_scoring(args, device, dtype, rng) -> dict:
             "speedup": t_naive / t_ours, "max_abs_diff": err}
 
 
+def clotho_like_subset(lengths: np.ndarray, size: int) -> np.ndarray:
+    """Indices of ``size`` clips at evenly spaced quantiles of ``lengths``: the subset's length distribution
+    matches the whole split's (a random handful can be all long or all short)."""
+    order = np.argsort(lengths, kind="stable")
+    return order[np.linspace(0, len(order) - 1, min(size, len(order))).round().astype(int)]
+
+
 def bench_end_to_end(args, device, dtype, rng, width: float, subset: int, scoring: dict) -> dict:
-    """Audio encoders timed on ``subset`` clips, extrapolated to ``args.clips``; plus section 1's scoring."""
+    """Audio encoders timed on ``subset`` clips, extrapolated to ``args.clips`` by total frames; plus section 1.
+
+    Also times ours without the CPU frame cap (``utils.inference.CPU_BATCH_FRAMES``), as before the cap.
+    """
     model = build_model(width, args.text_dim, args.out_dim, device)
     lengths = rng.integers(750, 1501, size=args.clips)  # frames of 15-30 s clips at a 20 ms hop
-    chosen = rng.choice(args.clips, size=min(subset, args.clips), replace=False)
+    chosen = clotho_like_subset(lengths, subset)
     feats = [rng.normal(size=(int(lengths[k]), 64)).astype(np.float32) for k in chosen]  # (T, 64) each
     batch = min(args.eval_batch_size, len(feats))
-    t_ours_audio, _ = timed(lambda: embed_audio(model, lambda k: feats[k], [f.shape[0] for f in feats], batch,
-                                                device, dtype), device, repeats=args.e2e_repeats)
+
+    def ours():
+        return embed_audio(model, lambda k: feats[k], [f.shape[0] for f in feats], batch, device, dtype)
+
+    t_ours_audio, _ = timed(ours, device, repeats=args.e2e_repeats)
+    cap = inference.CPU_BATCH_FRAMES
+    inference.CPU_BATCH_FRAMES = 1 << 40  # no cap: batches of up to `batch` clips
+    try:
+        t_uncapped_audio, _ = timed(ours, device, repeats=args.e2e_repeats)
+    finally:
+        inference.CPU_BATCH_FRAMES = cap
     t_naive_audio, _ = timed(lambda: naive_audio(model, feats, device), device, repeats=args.e2e_repeats)
-    scale = args.clips / len(feats)
-    ours = t_ours_audio * scale + scoring["ours_s"]
+    scale = float(lengths.sum() / lengths[chosen].sum())  # total frames, all clips / timed clips
+    ours_total = t_ours_audio * scale + scoring["ours_s"]
     naive = t_naive_audio * scale + scoring["naive_s_extrapolated"]
-    return {"width": width, "subset_clips": len(feats), "batch_size": batch,
-            "ours_audio_s": t_ours_audio * scale, "naive_audio_s": t_naive_audio * scale,
-            "ours_total_s": ours, "naive_total_s": naive, "speedup": naive / ours}
+    return {"width": width, "subset_clips": len(feats), "batch_size": batch, "frames_scale": scale,
+            "subset_frames": [int(lengths[chosen].min()), int(lengths[chosen].max())],
+            "ours_audio_s": t_ours_audio * scale, "uncapped_audio_s": t_uncapped_audio * scale,
+            "naive_audio_s": t_naive_audio * scale, "ours_total_s": ours_total, "naive_total_s": naive,
+            "speedup": naive / ours_total, "audio_speedup": t_naive_audio / t_ours_audio,
+            "uncapped_audio_speedup": t_naive_audio / t_uncapped_audio}
 
 
 def bench_search(args, device, rng) -> dict:
     """A 5000-file folder (tiny placeholder files) with a matching cached index; time what a query costs."""
-    import yaml
-
-    from utils.config import Config, to_dict
-    from utils.retrieval import FolderIndex, Retriever, few_threads
-
     out: dict = {"n_files": args.index_clips}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -200,8 +223,6 @@ def bench_search(args, device, rng) -> dict:
             for k in range(args.index_clips // 50):
                 (folder / f"d{sub:02d}" / f"clip_{k:03d}.wav").write_bytes(b"x")
         retriever = Retriever.from_run(run_dir, device=str(device))
-        from utils.retrieval import scan_audio_files
-
         found = scan_audio_files(folder.resolve())
         emb = rng.normal(size=(len(found), args.out_dim)).astype(np.float32)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
@@ -221,7 +242,7 @@ def bench_search(args, device, rng) -> dict:
             scores = index_emb @ q  # (n_files,)
             return top_k(scores, 10)
 
-        with few_threads():  # as Retriever.search runs a single query on the CPU
+        with one_thread():  # as Retriever.search runs a single query on the CPU
             start = time.perf_counter()
             for q in queries:
                 exact_one(q)
@@ -229,7 +250,7 @@ def bench_search(args, device, rng) -> dict:
         try:
             index = retriever.index.faiss_index()
             index.search(queries[:1], 10)
-            with few_threads():
+            with one_thread():
                 start = time.perf_counter()
                 for q in queries:
                     index.search(q[None], 10)
@@ -243,7 +264,7 @@ def bench_search(args, device, rng) -> dict:
         try:
             captions = [f"a dog barks while car number {i} passes by in the rain" for i in range(args.queries)]
             retriever.embed_text(captions[:2])  # loads the SBERT model once
-            with few_threads():
+            with one_thread():
                 start = time.perf_counter()
                 for c in captions[: min(50, len(captions))]:
                     retriever.embed_text([c])
@@ -290,10 +311,17 @@ def table(res: dict) -> str:
     ]
     for e in res["end_to_end"]:
         lines.append(
-            f"| 2. end to end, CNN14 width {e['width']} (audio timed on {e['subset_clips']} clips, extrapolated "
-            f"to {s['n_clips']}; ours batch {e['batch_size']}) | {fmt_s(e['ours_total_s'])} "
+            f"| 2. end to end, CNN14 width {e['width']} (audio timed on {e['subset_clips']} clips of "
+            f"{e['subset_frames'][0]}-{e['subset_frames'][1]} frames, extrapolated by total frames to "
+            f"{s['n_clips']}; ours batch {e['batch_size']}) | {fmt_s(e['ours_total_s'])} "
             f"(audio {fmt_s(e['ours_audio_s'])}) | {fmt_s(e['naive_total_s'])} (audio {fmt_s(e['naive_audio_s'])}) "
             f"| {e['speedup']:.1f}x |")
+    lines += ["", "Audio embedding alone (same clips, same run):", "",
+              "| CNN14 width | ours, frame-capped batches | ours, uncapped batches (before) | one clip at a time "
+              "| capped vs one-by-one | uncapped vs one-by-one |", "|---|---|---|---|---|---|"]
+    for e in res["end_to_end"]:
+        lines.append(f"| {e['width']} | {fmt_s(e['ours_audio_s'])} | {fmt_s(e['uncapped_audio_s'])} | "
+                     f"{fmt_s(e['naive_audio_s'])} | {e['audio_speedup']:.2f}x | {e['uncapped_audio_speedup']:.2f}x |")
     q = res.get("search")
     if q:
         lines += [

@@ -13,7 +13,8 @@ temporary HDF5 first. What differs is the loop around it:
   pinned memory over a Dataset that reads ``h5[fid][()]`` per item; a collate that pads with a Python loop
   of ``F.pad``; fp32; a loss with a Python loop over the batch; then, every epoch, three extra forward passes
   (model.eval, no_grad, batch 32, same loss) over the training, validation and evaluation pairs.
-* **ours**: ``utils.train_utils`` as ``main.py`` runs it: ``make_loader`` / ``train_one_epoch`` / ``validate``
+* **ours**: ``utils.train_setup.setup_training`` and ``utils.train_utils`` as ``main.py`` runs them: ``make_loader`` /
+  ``train_one_epoch`` / ``validate``
   (each validation clip and caption embedded once, then the loss and retrieval metrics), with bf16 autocast,
   channels_last, DataLoader workers and pinned memory on CUDA, fp32 on CPU.
 
@@ -47,18 +48,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from models.core import build_model
 from utils.config import Config, from_dict, to_dict
-from utils.criterion_utils import info_nce
-from utils.data_utils import LogmelStore, PairDataset, SplitData
-from utils.inference import amp_dtype, resolve_device
-from utils.train_utils import (
-    Dist,
-    TrainState,
-    build_optimizer,
-    git_commit,
-    make_loader,
-    train_one_epoch,
-    validate,
-)
+from utils.data_utils import LogmelStore, SplitData
+from utils.ddp import Dist
+from utils.devices import resolve_device
+from utils.inference import use_channels_last
+from utils.infonce import info_nce
+from utils.runs import git_commit
+from utils.train_setup import TrainData, make_loader, setup_training
+from utils.train_utils import train_one_epoch, validate
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SPLITS = ("development", "validation", "evaluation")  # train, validation, evaluation
@@ -243,7 +240,7 @@ def naive_eval(model, loader, criterion, device, max_batches: int = 0) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Apples to apples: the naive loop's loss equals utils.criterion_utils.info_nce
+# Apples to apples: the naive loop's loss equals utils.infonce.info_nce
 # --------------------------------------------------------------------------------------------
 
 
@@ -336,17 +333,13 @@ def make_config(args: argparse.Namespace, device: torch.device) -> Config:
 
 def run_ours(args: argparse.Namespace, data_dir: Path, sizes: Sizes, device: torch.device) -> dict:
     conf = make_config(args, device)
-    dtype = amp_dtype(conf.train.amp, device)
-    torch.manual_seed(0)
-    train_data = load_split_data(data_dir, SPLITS[0], sizes.development, conf.train.in_memory)
-    val_data = load_split_data(data_dir, SPLITS[1], sizes.validation, conf.train.in_memory)
-    model = build_model(conf, TEXT_DIM, load_prior=False).to(device)
-    if conf.train.channels_last and device.type == "cuda":  # as utils.train_utils._train
-        model.audio_enc.to(memory_format=torch.channels_last)
-    train_model = torch.compile(model, dynamic=True) if conf.train.compile else model
-    optimizer = build_optimizer(model, conf)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    dataset, d, state = PairDataset(train_data, "embedding"), Dist(), TrainState()
+    conf.run.dir, conf.run.name = str(data_dir), "ours"  # nothing to resume there
+    data = TrainData(load_split_data(data_dir, SPLITS[0], sizes.development, conf.train.in_memory),
+                     load_split_data(data_dir, SPLITS[1], sizes.validation, conf.train.in_memory), "embedding", TEXT_DIM)
+    s = setup_training(conf, Dist(), restart=True, data=data)  # exactly main.py's setup
+    model, train_model, optimizer, scaler, dtype, d, state = (s.model, s.train_model, s.optimizer, s.scaler, s.dtype,
+                                                               s.d, s.state)
+    dataset, train_data, val_data = s.dataset, data.train, data.val
 
     def train_part(steps: int, epoch: int) -> float:
         """Train ``steps`` steps (0 = a full epoch) through the real code path; return the epoch time."""
@@ -375,7 +368,7 @@ def run_ours(args: argparse.Namespace, data_dir: Path, sizes: Sizes, device: tor
             "train_steps_timed": k, "train_steps": n_steps, "val_clips_timed": n_sub, "val_clips": n_val,
             "extrapolated": k < n_steps or n_sub < n_val, "val_loss": val["val_loss"],
             "settings": {"amp": str(dtype).replace("torch.", "") if dtype else "fp32",
-                         "channels_last": conf.train.channels_last and device.type == "cuda",
+                         "channels_last": use_channels_last(conf.train.channels_last, device),
                          "workers": conf.train.num_workers, "pin_memory": device.type == "cuda",
                          "compile": conf.train.compile, "in_memory": conf.train.in_memory}}
 

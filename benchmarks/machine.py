@@ -1,8 +1,10 @@
-"""What every benchmark reports about the machine it ran on."""
+"""What every benchmark reports about the machine it ran on, and where it writes its records."""
 
 from __future__ import annotations
 
+import json
 import platform
+import time
 from pathlib import Path
 
 
@@ -15,3 +17,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+RESULTS = Path(__file__).resolve().parent / "results"  # every benchmark's JSON records
+
+
+def save_result(stem: str, report: dict) -> Path:
+    """Write ``report`` to ``benchmarks/results/<stem>_<date-time>.json`` and say where."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(f"\nwrote {out}")
+    return out

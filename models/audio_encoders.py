@@ -10,8 +10,6 @@ Build encoders through :func:`build_audio_encoder` (``conf.model.audio_enc.name`
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Iterable
 from os import PathLike
 from pathlib import Path
@@ -21,18 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.config import ConfigError
 from utils.errors import DataError
+from utils.fileio import read_torch_file
 
 CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)  # output channels of conv blocks 1..6 at width 1.0
 MIN_FRAMES = 2 ** len(CNN14_CHANNELS)  # six 2x2 poolings need >= 64 frames (and >= 64 mel bands)
 PROJECTION = "fc2"  # the only submodule that is not pretrained
 TRANSFER_HINT = "run preprocessing/04_cnn14_transfer.py to make it"
-
-# What torch.load raises on a damaged file: truncated zip archives (RuntimeError "failed finding central
-# directory", OSError "Invalid argument"), truncated legacy pickles (EOFError, RuntimeError "unexpected EOF"),
-# other bytes (UnpicklingError, KeyError from the legacy reader) and broken archives (BadZipFile).
-TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, zipfile.BadZipFile)
-
 
 def scaled_channels(width: float) -> list[int]:
     """CNN14's channel counts times ``width``, rounded, at least 1: width 0.125 -> [8, 16, ..., 256]."""
@@ -46,37 +40,6 @@ def list_keys(keys: Iterable[str], limit: int = 12) -> str:
     keys = list(keys)
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def read_torch_file(path: str | PathLike, missing_hint: str) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with a :class:`DataError` naming the file
-    when it is missing (``missing_hint`` says how to get it), corrupt or truncated, or holds Python objects
-    that ``weights_only`` refuses."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} not found; {missing_hint}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
-            raise DataError(
-                f"{path} is readable but holds Python objects other than tensors, which torch.load(weights_only=True) "
-                f"refuses ({_first_line_with(str(err), 'Unsupported global')}). Loading it could run code hidden in it; "
-                "if you made it yourself and trust it, re-save only its tensors (a dict of state dicts)"
-            ) from err
-        raise DataError(f"{path} is corrupt or truncated (not a readable torch file); re-download or remake it") from err
-    except TORCH_LOAD_ERRORS as err:
-        raise DataError(
-            f"{path} is corrupt or truncated ({type(err).__name__}: {_first_line_with(str(err), '')}); "
-            "re-download or remake it"
-        ) from err
-
-
-def _first_line_with(text: str, needle: str) -> str:
-    for line in text.splitlines():
-        if needle in line:
-            return line.strip()[:200]
-    return text.strip()[:200]
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -221,7 +184,7 @@ AUDIO_ENCODERS: dict[str, type[nn.Module]] = {"CNN14Encoder": CNN14Encoder}
 
 
 def build_audio_encoder(name: str, **kwargs: Any) -> nn.Module:
-    """``AUDIO_ENCODERS[name](**kwargs)``; an unknown ``name`` raises a ``ValueError`` listing the valid ones."""
+    """``AUDIO_ENCODERS[name](**kwargs)``; an unknown ``name`` raises a :class:`ConfigError` listing the valid ones."""
     if name not in AUDIO_ENCODERS:
-        raise ValueError(f"unknown audio encoder '{name}'; valid names: {sorted(AUDIO_ENCODERS)}")
+        raise ConfigError(f"model.audio_enc.name: unknown audio encoder '{name}'; valid names: {sorted(AUDIO_ENCODERS)}")
     return AUDIO_ENCODERS[name](**kwargs)

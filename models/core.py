@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from models.audio_encoders import build_audio_encoder
 from models.text_encoders import build_text_encoder
-from utils.config import Config
+from utils.config import Config, ConfigError
+from utils.sbert import resolve_model_path
 
 
 class DualEncoderModel(nn.Module):
@@ -53,7 +54,7 @@ def build_model(conf: Config, text_dim: int | None = None, load_prior: bool = Tr
     """
     mconf = conf.model
     if mconf.name not in MODELS:
-        raise ValueError(f"unknown model '{mconf.name}'; valid choices: {sorted(MODELS)}")
+        raise ConfigError(f"model.name: unknown model '{mconf.name}'; valid choices: {sorted(MODELS)}")
     a = mconf.audio_enc
     audio_enc = build_audio_encoder(a.name, out_dim=a.out_dim, width=a.width, n_mels=conf.features.n_mels)
     if a.init == "prior" and load_prior:
@@ -62,8 +63,6 @@ def build_model(conf: Config, text_dim: int | None = None, load_prior: bool = Tr
 
     t = mconf.text_enc
     if t.name == "SentenceTransformerEncoder":
-        from utils.sbert import resolve_model_path
-
         text_enc = build_text_encoder(t.name, model_path=resolve_model_path(conf.text.model), out_dim=t.out_dim,
                                       max_seq_length=t.max_seq_length)
     else:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from utils.config import ConfigError
+from utils.sbert import load_sbert
+
 
 def _init_linear(layer: nn.Linear) -> nn.Linear:
     nn.init.kaiming_normal_(layer.weight)
@@ -39,8 +42,6 @@ class SentenceTransformerEncoder(nn.Module):
 
     def __init__(self, model_path: str, out_dim: int = 300, max_seq_length: int = 64):
         super().__init__()
-        from utils.sbert import load_sbert  # heavy import, only when fine-tuning
-
         self.sbert = load_sbert(model_path, device="cpu")
         self.sbert.max_seq_length = max_seq_length
         get_dim = getattr(self.sbert, "get_embedding_dimension", None) or self.sbert.get_sentence_embedding_dimension
@@ -69,5 +70,5 @@ TEXT_ENCODERS = {
 
 def build_text_encoder(name: str, **kwargs) -> nn.Module:
     if name not in TEXT_ENCODERS:
-        raise ValueError(f"unknown text encoder '{name}'; valid choices: {sorted(TEXT_ENCODERS)}")
+        raise ConfigError(f"model.text_enc.name: unknown text encoder '{name}'; valid choices: {sorted(TEXT_ENCODERS)}")
     return TEXT_ENCODERS[name](**kwargs)

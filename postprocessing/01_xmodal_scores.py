@@ -14,23 +14,15 @@ from __future__ import annotations
 
 import time
 
-from utils.cli import make_parser
-from utils.retrieval import load_run
-from utils.scoring import (
-    add_run_args,
-    eval_config,
-    load_split_inputs,
-    run_dir_of,
-    run_script,
-    score_split,
-    scores_file,
-    splits_to_score,
-    write_scores,
-)
+from utils.cli import add_run_args, make_parser, run, run_dir_of
+from utils.fileio import ensure_writable
+from utils.runs import eval_file, load_run, run_file
+from utils.scoring import eval_config, load_split_inputs, score_split, splits_to_score, write_scores
 
 
 def main(args, conf) -> None:
     run_dir = run_dir_of(args, conf)
+    ensure_writable(run_file(run_dir, "eval"), "evaluation results")  # before the work, not after it
     loaded = load_run(run_dir, args.checkpoint or conf.eval.checkpoint, args.device or conf.train.device)
     conf = eval_config(conf, loaded.conf)
     print(f"run {run_dir}: checkpoints/{loaded.checkpoint}.pt (epoch {loaded.epoch}) on {loaded.device}")
@@ -40,7 +32,7 @@ def main(args, conf) -> None:
         scores = score_split(loaded, inputs, conf.eval.batch_size, progress=True)  # (n_captions, n_clips)
         attrs = {"split": split, "checkpoint": loaded.checkpoint, "run_dir": str(run_dir), "query_split": inputs.query,
                  "epoch": -1 if loaded.epoch is None else loaded.epoch}
-        path = write_scores(scores_file(run_dir, split), scores, [r["tid"] for r in inputs.text_rows], inputs.fids,
+        path = write_scores(eval_file(run_dir, split, "scores"), scores, [r["tid"] for r in inputs.text_rows], inputs.fids,
                             attrs)
         print(f"[{split}] {scores.shape[0]} captions x {scores.shape[1]} clips "
               f"in {time.perf_counter() - start:.1f} s -> {path}")
@@ -55,4 +47,4 @@ parser.add_argument("--splits", nargs="+", default=None,
 parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: train.device)")
 
 if __name__ == "__main__":
-    run_script(main, parser)
+    run(main, parser)

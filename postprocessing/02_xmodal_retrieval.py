@@ -16,13 +16,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.cli import make_parser
+from utils.cli import add_run_args, make_parser, run, run_dir_of
+from utils.evaluation import evaluate_split
+from utils.fileio import ensure_writable
 from utils.metrics import format_table
-from utils.scoring import add_run_args, evaluate_split, run_dir_of, run_script, splits_to_score
+from utils.runs import eval_file, run_file
+from utils.scoring import read_scores, splits_to_score
+
+
+def chance_line(n_clips: int) -> str:
+    """What random ranking would score, so the metrics above mean something."""
+    return (f"chance (random ranking of {n_clips} clips): t2a R@1 = 1/{n_clips} = {1 / n_clips:.3f}, "
+            f"R@10 = {min(1.0, 10 / n_clips):.3f}")
 
 
 def main(args, conf) -> None:
     run_dir = run_dir_of(args, conf)
+    ensure_writable(run_file(run_dir, "eval"), "evaluation results")  # before the work, not after it
     for split in splits_to_score(conf, args.splits):
         report = evaluate_split(conf, run_dir, split)
         if report.metrics is None:
@@ -34,6 +44,7 @@ def main(args, conf) -> None:
         median = float(np.median(report.ranks))
         print(f"[{split}] {len(report.ranks)} captions, median rank of the true clip {median:g}")
         print(format_table(report.metrics))
+        print(chance_line(len(read_scores(eval_file(run_dir, split, "scores")).audio_ids)))
         print(f"wrote {report.submission} and {split}_metrics.json, {split}_ranks.csv/.png in {report.submission.parent}")
 
 
@@ -43,4 +54,4 @@ parser.add_argument("--splits", nargs="+", default=None,
                     help="splits to evaluate (default: data.eval_splits + data.query_splits)")
 
 if __name__ == "__main__":
-    run_script(main, parser)
+    run(main, parser)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from utils.cli import make_parser, run
 from utils.cnn14_transfer import write_stand_in_checkpoint
-from utils.demo_data import demo_dataset_complete, make_demo_dataset
+from utils.demo.dataset import demo_dataset_complete, make_demo_dataset
 
 
 def write_stand_in(conf) -> None:

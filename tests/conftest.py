@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from utils.tables import AUDIO_COLUMNS, TEXT_COLUMNS, write_rows
+from utils.text_embeddings import update_text_embeddings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,8 +23,6 @@ def make_work_dir(root: Path, clips: dict[str, int], dim: int = 32, frames=(70, 
                   seed: int = 0, captions_per_clip: int = 5) -> Path:
     """Tables, log-mel HDF5s and an SBERT-vector file for each split, with a learnable pairing:
     each clip has a random 'concept' that shapes both its features and its captions' vectors."""
-    from utils.sbert import update_text_embeddings
-
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     mel_basis = rng.normal(size=(8, n_mels)).astype(np.float32)

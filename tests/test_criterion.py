@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.criterion_utils import info_nce
+from utils.infonce import info_nce
 
 
 def reference_info_nce(audio, text, clip_ids, temperature):

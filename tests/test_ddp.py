@@ -11,8 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import ROOT, write_config
 
-from utils.criterion_utils import info_nce
-from utils.train_utils import Dist, gather_batch
+from utils.ddp import Dist, gather_batch
+from utils.infonce import info_nce
 
 
 def free_port() -> int:

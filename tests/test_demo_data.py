@@ -1,4 +1,4 @@
-"""Stage 0: the synthetic demo dataset (utils/demo_data.py, preprocessing/00_make_demo_dataset.py)."""
+"""Stage 0: the synthetic demo dataset (utils/demo/, preprocessing/00_make_demo_dataset.py)."""
 
 from __future__ import annotations
 
@@ -15,22 +15,19 @@ import pytest
 import soundfile as sf
 
 from utils.config import CLOTHO_SPLITS, ConfigError
-from utils.demo_data import (
+from utils.demo.captions import conjugate, make_captions
+from utils.demo.dataset import (
     CSV_HEADER,
     IN_PROGRESS,
     MANIFEST,
-    ClipSpec,
-    Layer,
-    all_specs,
-    canonical_name,
-    conjugate,
     demo_dataset_complete,
-    make_captions,
     make_demo_dataset,
     plan_dataset,
     split_sizes,
-    synthesize_clip,
 )
+from utils.demo.names import canonical_name
+from utils.demo.specs import ClipSpec, Layer, all_specs
+from utils.demo.synth import synthesize_clip
 from utils.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,10 +22,11 @@ from conftest import make_work_dir
 from torch import nn
 
 from models.audio_encoders import CNN14Encoder
-from utils.retrieval import Retriever, load_run
-from utils.sbert import load_text_embeddings
+from utils.runs import load_run
 from utils.scoring import read_scores
+from utils.search import Retriever
 from utils.tables import read_text_table
+from utils.text_embeddings import load_text_embeddings
 
 ROOT = Path(__file__).resolve().parent.parent
 N_CAPTIONS = 6  # rows of the baseline's frozen SBERT table in the fixture
@@ -227,8 +228,8 @@ def test_imported_run_is_a_normal_run_directory(baseline):
 
 def test_postprocessing_scores_the_imported_run(baseline):
     run_dir, work, conf = baseline["run"], baseline["work"], str(baseline["conf"])
-    SCORES.run_script(SCORES.main, SCORES.parser, ["--conf", conf, "--run", str(run_dir)])
-    RETRIEVAL.run_script(RETRIEVAL.main, RETRIEVAL.parser, ["--conf", conf, "--run", str(run_dir)])
+    SCORES.run(SCORES.main, SCORES.parser, ["--conf", conf, "--run", str(run_dir)])
+    RETRIEVAL.run(RETRIEVAL.main, RETRIEVAL.parser, ["--conf", conf, "--run", str(run_dir)])
     sf = read_scores(run_dir / "eval" / "evaluation_xmodal_scores.hdf5")
     rows = read_text_table(work / "evaluation_text.csv")
     vectors = load_text_embeddings(work / "sbert_embeds.hdf5", "evaluation", rows)  # (8, 768)

@@ -17,11 +17,10 @@ import pytest
 import soundfile as sf
 
 from utils.audio import AudioReadError, load_audio
+from utils.devices import one_thread
 from utils.errors import DataError
 from utils.logmel import (
     FORMULA,
-    SKIP_PREFIX,
-    extract_split,
     frame_spec,
     logmel,
     logmel_librosa,
@@ -29,9 +28,9 @@ from utils.logmel import (
     logmel_torch,
     logmel_torch_batch,
     mel_filters,
-    one_thread,
-    parts_dir_for,
 )
+from utils.logmel_extract import SKIP_PREFIX, extract_split
+from utils.logmel_parts import parts_dir_for
 from utils.tables import AUDIO_COLUMNS, SKIPPED_COLUMNS, read_rows, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -416,13 +415,12 @@ def test_other_settings_or_a_damaged_file_rebuild(tmp_path):
     summary = extract_split(rows, tmp_path, out, tmp_path / "s.csv", workers=1, progress=False)
     assert summary.n_computed == 3 and len(_read_h5(out)) == 3
 
-    # Stale settings and not one readable clip: the stale file is still replaced (by an empty one).
+    # Not one readable clip: an error, and the existing file is never replaced by an empty one.
     (tmp_path / "development" / "bad.wav").write_bytes(b"junk" * 10)
     bad = [_row(tmp_path, "development", 9, "bad.wav", 16000)]
-    summary = extract_split(bad, tmp_path, out, tmp_path / "s.csv", workers=1, progress=False, n_mels=40)
-    assert summary.n_stored == 0 and len(summary.skipped) == 1
-    with h5py.File(out, "r") as h5:
-        assert h5.attrs["n_mels"] == 40 and len(h5) == 0
+    with pytest.raises(DataError, match="left as it was"):
+        extract_split(bad, tmp_path, out, tmp_path / "s.csv", workers=1, progress=False, n_mels=40)
+    assert len(_read_h5(out)) == 3
 
 
 def test_cuda_without_cuda_is_a_clear_error(tmp_path, monkeypatch):

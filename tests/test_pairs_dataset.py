@@ -25,10 +25,10 @@ from utils.data_utils import PairDataset, collate_pairs
 from utils.errors import DataError
 from utils.metrics import xmodal_metrics
 from utils.pairs import build_pairs_split, build_split
-from utils.sbert import update_text_embeddings
 from utils.scoring import read_scores
 from utils.split_mix import load_splits
 from utils.tables import read_rows, read_text_table
+from utils.text_embeddings import update_text_embeddings
 
 # (CSV spelling, name on disk): commas, parentheses, '#', HTML entities, stray spaces
 ODD = [
@@ -163,7 +163,7 @@ def test_plain_conf_is_unchanged_and_sources_join_the_splits(tmp_path):
     assert paths.audio_dir(conf, "mine") == Path("~/a").expanduser()
     assert paths.captions_csv(conf, "development") == Path("data/Clotho/clotho_captions_development.csv")
     for bad, message in [("data.sources={mine: {captions_csv: c.csv}}", "needs captions_csv"),
-                         ("data.sources={mine: {format: wav}}", "must be one of"),
+                         ("data.sources={mine: {format: wav}}", "one of"),
                          ("data.train_split=development + development", "each once"),
                          ("data.val_split=validation+", "each once"),
                          ("data.splits=[a+b]", "contain '\\+'")]:
@@ -322,9 +322,9 @@ def test_train_on_clotho_plus_pairs_then_evaluate_the_pairs_split(mixed, capsys)
     assert set(record["val_a2t"]) == {"mAP@10", "R@1", "R@5", "R@10"}
 
     scores_script = load_script("postprocessing", "01_xmodal_scores.py")
-    scores_script.run_script(scores_script.main, scores_script.parser, ["--conf", str(conf_path), "--run", str(run_dir)])
+    scores_script.run(scores_script.main, scores_script.parser, ["--conf", str(conf_path), "--run", str(run_dir)])
     retrieval = load_script("postprocessing", "02_xmodal_retrieval.py")
-    retrieval.run_script(retrieval.main, retrieval.parser, ["--conf", str(conf_path), "--run", str(run_dir)])
+    retrieval.run(retrieval.main, retrieval.parser, ["--conf", str(conf_path), "--run", str(run_dir)])
     metrics = json.loads((run_dir / "eval" / "mine_metrics.json").read_text())
     scores = read_scores(run_dir / "eval" / "mine_xmodal_scores.hdf5")
     text = read_text_table(clotho / "mine_text.csv")

@@ -17,11 +17,12 @@ import yaml
 from models.core import build_model
 from utils.config import Config, QuerySplitConf, to_dict
 from utils.errors import PipelineError
-from utils.metrics import t2a_ranks, xmodal_metrics
-from utils.retrieval import Retriever, load_run, top_k
-from utils.sbert import update_text_embeddings
+from utils.metrics import t2a_ranks, top_k, xmodal_metrics
+from utils.runs import load_run
 from utils.scoring import read_scores, write_scores
+from utils.search import Retriever
 from utils.tables import AUDIO_COLUMNS, TEXT_COLUMNS, read_text_table, write_rows
+from utils.text_embeddings import update_text_embeddings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT_DIM = 24  # size of the synthetic "SBERT" vectors
@@ -41,7 +42,7 @@ RETRIEVAL = load_script("02_xmodal_retrieval.py")
 
 
 def run_script(module, argv: list[str]) -> None:
-    module.run_script(module.main, module.parser, argv)
+    module.run(module.main, module.parser, argv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ def tiny(tmp_path):
 
 def direct_scores(run_dir: Path, work: Path, split: str, pairs: list[tuple[int, int]], text_ids, audio_ids):
     """The scores of ``pairs`` (row, column) from single-item forward passes (no batching, no padding)."""
-    from utils.sbert import load_text_embeddings
+    from utils.text_embeddings import load_text_embeddings
 
     loaded = load_run(run_dir, "best", "cpu")
     rows = read_text_table(work / f"{split}_text.csv")
@@ -236,6 +237,8 @@ def test_metrics_ranks_and_submission(tiny, capsys):
     expected = xmodal_metrics(sf.scores, t2a)
     assert metrics == expected and set(metrics["t2a"]) == {"mAP@10", "R@1", "R@5", "R@10"}
     assert f"{expected['t2a']['mAP@10']:.4f}" in out and "a2t" in out
+    n_clips = len(sf.audio_ids)
+    assert f"R@1 = 1/{n_clips} = {1 / n_clips:.3f}" in out  # the chance line, after the metrics
 
     with open(ev / "evaluation_ranks.csv", newline="") as f:
         ranks = list(csv.DictReader(f))

@@ -16,9 +16,10 @@ import yaml
 
 from utils.config import Config, ConfigError, load_config
 from utils.errors import DataError
+from utils.evaluation import evaluate_split
 from utils.metrics import t2a_metrics, xmodal_metrics
 from utils.relevance import read_relevance
-from utils.scoring import evaluate_split, write_scores
+from utils.scoring import write_scores
 from utils.tables import AUDIO_COLUMNS, TEXT_COLUMNS, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +185,7 @@ def test_query_split_with_relevance_gets_t2a_metrics(tmp_path, capsys):
     conf = tmp_path / "conf.yaml"
     conf.write_text(yaml.safe_dump({"data": {"dataset_dir": str(work), "splits": [], "eval_splits": ["test"],
                                              "relevance": {"test": "rel.csv"}}}))
-    RETRIEVAL.run_script(RETRIEVAL.main, RETRIEVAL.parser, ["--conf", str(conf), "--run", str(run_dir)])
+    RETRIEVAL.run(RETRIEVAL.main, RETRIEVAL.parser, ["--conf", str(conf), "--run", str(run_dir)])
     metrics = json.loads((run_dir / "eval" / "test_metrics.json").read_text())
     assert metrics["t2a"] == pytest.approx({"mAP@10": 1 / 4, "R@1": 0.0, "R@5": 1.0, "R@10": 1.0})
     assert set(metrics) == {"t2a", "definitions"}

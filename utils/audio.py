@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import warnings
 from pathlib import Path
 
+import audioread
+import librosa
 import numpy as np
 import soundfile as sf
 
-from utils.errors import DataError
+from utils.errors import DataError, warn
+
+# What soundfile (libsndfile) or librosa (audioread / ffmpeg) can decode: stage 1's and search's audio files.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".opus")
 
 # Containers whose 16-bit PCM soundfile decodes exactly as int / 32768; read as int16 and scaled
 # ourselves, which is 4x faster than libsndfile's own float conversion and bit-identical to it.
@@ -58,6 +64,8 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise AudioReadError(path, "zero-length audio (no samples)")
     if not np.isfinite(y).all():
         raise AudioReadError(path, "audio contains NaN or infinite samples")
+    if path.suffix.lower() in (".wav", ".wave") and (note := wav_truncation(path)):
+        warn(f"{path} is {note}; using the samples it holds")
     return y, sr
 
 
@@ -93,15 +101,7 @@ def _to_mono(y: np.ndarray) -> np.ndarray:
 
 def _read_fallback(path: Path, sf_err: Exception) -> tuple[np.ndarray, int]:
     """Formats libsndfile cannot read (e.g. m4a): let librosa try its other backends."""
-    import librosa
-
-    errors: tuple[type[BaseException], ...] = (RuntimeError, OSError, ValueError, EOFError)
-    try:
-        import audioread
-
-        errors += (audioread.DecodeError,)
-    except ImportError:  # pragma: no cover - audioread is a librosa dependency
-        pass
+    errors = (RuntimeError, OSError, ValueError, EOFError, audioread.DecodeError)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # librosa's "PySoundFile failed. Trying audioread instead."
@@ -109,3 +109,27 @@ def _read_fallback(path: Path, sf_err: Exception) -> tuple[np.ndarray, int]:
     except errors as err:
         raise AudioReadError(path, f"undecodable ({_short(sf_err, path)}; librosa: {type(err).__name__})") from err
     return np.ascontiguousarray(y, dtype=np.float32), int(sr)
+
+
+def wav_truncation(path: str | os.PathLike) -> str | None:
+    """For a RIFF/WAVE file whose ``data`` chunk is cut short: "header promises N bytes of audio, the file
+    holds M". None for a complete file, another format, or a streaming header (size 0 or 0xFFFFFFFF)."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = os.fstat(stream.fileno()).st_size
+            pos = 12
+            while pos + 8 <= size:
+                stream.seek(pos)
+                chunk_id, chunk_size = struct.unpack("<4sI", stream.read(8))
+                if chunk_id == b"data":
+                    held = size - pos - 8
+                    if chunk_size in (0, 0xFFFFFFFF) or held >= chunk_size:
+                        return None
+                    return f"truncated: its header promises {chunk_size} bytes of audio, the file holds {held}"
+                pos += 8 + chunk_size + (chunk_size & 1)
+    except OSError:
+        return None
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import html
+import io
 import re
 import string
 import unicodedata
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import soundfile as sf
 
+from utils.audio import AUDIO_EXTENSIONS
 from utils.errors import DataError
+from utils.text_files import read_text_guess_encoding
 
 CAPTION_COLUMNS = [f"caption_{i}" for i in range(1, 6)]
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".opus"}
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
 
 
@@ -42,7 +44,7 @@ def name_key(name: str) -> str:
     name = unicodedata.normalize("NFC", name)
     name = re.sub(r"\s+", " ", name).strip()
     stem, dot, ext = name.rpartition(".")
-    if dot and ext.lower() in {s[1:] for s in AUDIO_SUFFIXES}:
+    if dot and ext.lower() in {s[1:] for s in AUDIO_EXTENSIONS}:
         name = f"{stem.strip()}.{ext}"
     return name
 
@@ -93,7 +95,7 @@ class ClipIndex:
         if not folder.is_dir():
             return index
         for path in sorted(folder.iterdir()):
-            if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES:
+            if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
                 index.by_key.setdefault(name_key(path.name), path)
                 index.by_loose.setdefault(loose_key(path.name), []).append(path)
         return index
@@ -145,7 +147,7 @@ def read_captions_csv(path: Path) -> list[tuple[str, list[str]]]:
             f"caption file not found: {path}. Download Clotho v2.1 and set data.dataset_dir "
             "(or run preprocessing/00_make_demo_dataset.py for the demo data)."
         )
-    with open(path, newline="", encoding="utf-8-sig") as stream:
+    with io.StringIO(read_text_guess_encoding(path, "caption file"), newline="") as stream:
         reader = csv.DictReader(stream)
         header = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in ["file_name", *CAPTION_COLUMNS] if c not in header]
@@ -200,7 +202,7 @@ def read_query_csv(path: Path) -> list[str]:
     """A challenge query file: one caption per row in a ``caption`` column (or the first column)."""
     if not path.is_file():
         raise DataError(f"query caption file not found: {path}. Set data.query_splits.<split>.captions_csv.")
-    with open(path, newline="", encoding="utf-8-sig") as stream:
+    with io.StringIO(read_text_guess_encoding(path, "query caption file"), newline="") as stream:
         reader = csv.DictReader(stream)
         header = [c.strip() for c in reader.fieldnames or []]
         if not header:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from models.audio_encoders import PROJECTION, CNN14Encoder, list_keys, read_torch_file
+from models.audio_encoders import PROJECTION, CNN14Encoder, list_keys
 from utils.errors import DataError
-from utils.tables import atomic_path
+from utils.fileio import read_torch_file, save_torch_file
 
 PANNS_FILE = "Cnn14_mAP=0.431.pth"
 PANNS_URL = "https://zenodo.org/record/3987831"
@@ -113,15 +113,7 @@ def transfer_panns(checkpoint_path: str | os.PathLike, out_dim: int = 300, width
 
 def save_cnn14_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """``torch.save`` the encoder state dict to ``path`` atomically (temp file, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        torch.save(state_dict, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_torch_file(state_dict, path)
 
 
 def summary(report: TransferReport, out_path: str | os.PathLike) -> str:
@@ -152,9 +144,4 @@ def write_stand_in_checkpoint(path: str | os.PathLike, width: float, seed: int =
     state["spectrogram_extractor.stft.conv_real.weight"] = torch.zeros(513, 1, 1024)
     state["spectrogram_extractor.stft.conv_imag.weight"] = torch.zeros(513, 1, 1024)
     state["logmel_extractor.melW"] = torch.zeros(513, 64)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    torch.save({"model": state, "iteration": 0, "stand_in": True}, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_torch_file({"model": state, "iteration": 0, "stand_in": True}, path)

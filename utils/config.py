@@ -1,23 +1,27 @@
 """Typed configuration: ``conf.yaml`` -> nested dataclasses, with ``--set a.b=value`` overrides.
 
-Every script calls :func:`load_config` (or :func:`parse_args`). Unknown keys, wrong types and
+The dataclasses below are the schema; OmegaConf (structured configs) checks and converts the values.
+
+Every script loads it through :mod:`utils.cli` (which calls :func:`load_config`). Unknown keys, wrong types and
 unreadable files fail at once with a :class:`ConfigError` naming the key or path.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from utils.config_checks import range_problem
 from utils.errors import PipelineError
+from utils.text_files import describe_yaml_error
 
 CLOTHO_SPLITS = ["development", "validation", "evaluation"]
 
@@ -148,7 +152,7 @@ class TrainConf:
     early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)
     device: str = "auto"  # 'auto', 'cpu', 'cuda' or 'cuda:N'
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # autocast; auto = bf16 on CUDA, off on CPU
-    channels_last: bool = True  # NHWC memory format for the CNN on CUDA
+    channels_last: bool | Literal["auto"] = "auto"  # NHWC convolutions; auto = on CUDA, off on CPU
     compile: bool = False  # torch.compile the audio encoder
     num_workers: int = 2  # DataLoader worker processes
     in_memory: bool = False  # hold a split's features in RAM instead of reading the HDF5
@@ -194,72 +198,37 @@ class Config:
 # --------------------------------------------------------------------------------------------
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def _structured(raw: dict) -> Config:
+    """``raw`` merged over the schema by OmegaConf (type checks and conversions), as typed dataclasses."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(raw))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err)) from err
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and return it (ints become floats where needed)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-        return _build(tp, value, key)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"config key '{key}' has an invalid value {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"config key '{key}' must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"config key '{key}': unsupported type {_type_name(tp)}")  # pragma: no cover
+def _describe(err: OmegaConfBaseException) -> str:
+    """One line naming the key: ``unknown config key 'train.lrr'; valid keys here: [...]`` and the like."""
+    key = getattr(err, "full_key", None) or ""
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, ConfigKeyError) and key:
+        return f"unknown config key '{key}'; valid keys here: {_keys_at(key.split('.')[:-1])}"
+    return f"config key '{key}': {reason}" if key else f"invalid config: {reason}"
 
 
-def _build(cls: type, raw: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in names:
-            where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"unknown config key '{where}'; valid keys here: {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
-    return cls(**kwargs)
+def _keys_at(path: list[str]) -> list[str]:
+    """The field names of the section at ``path`` (e.g. ``['train']``) of the schema."""
+    cls: Any = Config
+    parts = iter(path)
+    for part in parts:
+        tp = typing.get_type_hints(cls).get(part)
+        if typing.get_origin(tp) is dict:  # a mapping section (data.query_splits): skip its key
+            tp = typing.get_args(tp)[1]
+            next(parts, None)
+        if not dataclasses.is_dataclass(tp):
+            return []
+        cls = tp
+    return sorted(f.name for f in dataclasses.fields(cls))
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
@@ -301,49 +270,29 @@ def load_config(path: str | os.PathLike = "conf.yaml", overrides: list[str] | No
         raise ConfigError(f"config file not found: {path} (pass --conf PATH)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} {describe_yaml_error(err)}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must contain a mapping at top level")
-    raw = _fix_yaml_floats(raw)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
-    conf = _build(Config, raw)
+    conf = _structured(raw)
     _check(conf)
     return conf
 
 
-def _fix_yaml_floats(node: Any) -> Any:
-    """PyYAML reads ``1e-3`` (no dot) as a string; turn such strings into floats."""
-    if isinstance(node, dict):
-        return {k: _fix_yaml_floats(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_fix_yaml_floats(v) for v in node]
-    if isinstance(node, str):
-        try:
-            if "e" in node.lower() and node.strip()[0] in "0123456789.-+":
-                return float(node)
-        except (ValueError, IndexError):
-            return node
-    return node
-
-
 def _check(conf: Config) -> None:
+    """What types cannot say: the ranges of :mod:`utils.config_checks`, and settings that must agree."""
+    if problem := range_problem(conf):
+        raise ConfigError(problem)
     if conf.model.audio_enc.out_dim != conf.model.text_enc.out_dim:
         raise ConfigError(
             "model.audio_enc.out_dim and model.text_enc.out_dim must be equal "
             f"(got {conf.model.audio_enc.out_dim} and {conf.model.text_enc.out_dim})"
         )
-    if conf.model.audio_enc.width <= 0:
-        raise ConfigError(f"model.audio_enc.width must be > 0, got {conf.model.audio_enc.width}")
-    if conf.train.batch_size < 2:
-        raise ConfigError(f"train.batch_size must be >= 2 for a contrastive loss, got {conf.train.batch_size}")
-    if conf.train.temperature <= 0:
-        raise ConfigError(f"train.temperature must be > 0, got {conf.train.temperature}")
-    if conf.eval.map_k < 1 or not conf.eval.recall_ks or min(conf.eval.recall_ks) < 1 or conf.eval.top_k < 1:
-        raise ConfigError(f"eval.map_k ({conf.eval.map_k}), eval.top_k ({conf.eval.top_k}) and every eval.recall_ks "
-                          f"value ({conf.eval.recall_ks}) must be >= 1, with at least one recall cut-off")
+    if not conf.eval.recall_ks or min(conf.eval.recall_ks) < 1:
+        raise ConfigError(f"every eval.recall_ks value must be >= 1, with at least one; got {conf.eval.recall_ks}")
     overlap = set(conf.data.splits) & set(conf.data.query_splits)
     if overlap:
         raise ConfigError(f"data.query_splits and data.splits share {sorted(overlap)}; a split is one or the other")
@@ -376,36 +325,6 @@ def to_dict(conf: Any) -> dict:
 
 def from_dict(raw: dict) -> Config:
     """Rebuild a :class:`Config` from :func:`to_dict` output (e.g. a run's saved config)."""
-    conf = _build(Config, raw)
+    conf = _structured(raw)
     _check(conf)
     return conf
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--conf", default="conf.yaml", help="config file (default: conf.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set data.dataset_dir=~/Clotho (repeatable)",
-    )
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.conf, args.overrides)
-
-
-def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
-    """Return ``path`` if it is a file; else raise a :class:`ConfigError` saying what it is and how to make it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}. {hint}")
-    return path

@@ -7,6 +7,7 @@ Item and batch schemas:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from torch.utils.data import Dataset
 
 from utils import paths
 from utils.config import Config
-from utils.errors import DataError
-from utils.tables import read_text_table
+from utils.errors import DataError, warn
+from utils.tables import SKIPPED_COLUMNS, read_rows, read_text_table
+from utils.text_embeddings import load_text_embeddings
 
 
 class LogmelStore:
@@ -34,13 +36,15 @@ class LogmelStore:
             raise DataError(f"log-mel features not found: {self.path}. Run preprocessing/02_audio_logmel.py first.")
         self._h5: h5py.File | None = None
         self._pid: int | None = None
-        with h5py.File(self.path, "r") as f:
-            self._shapes = {k: f[k].shape for k in f.keys()}
-            self._cache = {k: f[k][()] for k in f.keys()} if in_memory else None
+        try:
+            with h5py.File(self.path, "r") as f:
+                self._shapes = {k: f[k].shape for k in f.keys()}
+                self._cache = {k: f[k][()] for k in f.keys()} if in_memory else None
+        except (OSError, RuntimeError, KeyError, ValueError) as err:  # truncated, or damaged metadata
+            raise DataError(f"log-mel features {self.path} are unreadable ({str(err).splitlines()[0][:200]}); "
+                            "re-run preprocessing/02_audio_logmel.py, which rebuilds it") from err
 
     def _file(self) -> h5py.File:
-        import os
-
         if self._h5 is None or self._pid != os.getpid():
             self._h5 = h5py.File(self.path, "r")
             self._pid = os.getpid()
@@ -57,9 +61,6 @@ class LogmelStore:
 
     def n_frames(self, fid: str) -> int:
         return self._shapes[fid][0]
-
-    def n_mels(self) -> int:
-        return next(iter(self._shapes.values()))[1] if self._shapes else 0
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -83,28 +84,65 @@ class SplitData:
         return [r["raw_text"] for r in self.text_rows]
 
 
-def load_split(conf: Config, split: str, need_embeds: bool = True, in_memory: bool = False) -> SplitData:
-    """Load and cross-check a paired split; raise :class:`DataError` naming the file and the fix."""
+def read_captions(conf: Config, split: str) -> list[dict]:
+    """The caption table of ``split``; :class:`DataError` when it is missing or empty."""
     rows = read_text_table(paths.text_table(conf, split))
     if not rows:
         raise DataError(f"{paths.text_table(conf, split)} has no captions; check stage 1's output for '{split}'")
+    return rows
+
+
+def open_features(conf: Config, split: str, rows: list[dict], table: Path,
+                  in_memory: bool = False) -> tuple[LogmelStore, list[dict]]:
+    """The log-mels of ``split`` and the ``rows`` (of ``table``) that have them: rows of clips that stage 2
+    listed as unreadable are left out (:func:`drop_skipped_clips`); any other clip without features is a
+    :class:`DataError`."""
     store = LogmelStore(paths.logmels(conf, split), in_memory=in_memory)
-    fid_index: dict[str, int] = {}
-    for r in rows:
-        fid_index.setdefault(r["fid"], len(fid_index))
-    missing = [fid for fid in fid_index if fid not in store]
+    rows = drop_skipped_clips(conf, split, rows, store)
+    missing = [r["fid"] for r in rows if r["fid"] not in store]
     if missing:
         raise DataError(
-            f"{len(missing)} clip(s) of {paths.text_table(conf, split)} have no features in {store.path} "
+            f"{len(missing)} clip(s) of {table} have no features in {store.path} "
             f"(e.g. fid {missing[0]}). Re-run preprocessing/02_audio_logmel.py; if it lists them in "
             f"{paths.skipped_table(conf, split).name} they are unreadable: fix or remove those clips, then re-run "
             "stages 1 and 2."
         )
+    return store, rows
+
+
+def drop_skipped_clips(conf: Config, split: str, rows: list[dict], store: LogmelStore) -> list[dict]:
+    """``rows`` without the clips that have no features because the skip report lists them as unreadable
+    (stage 2 could not decode them, or their log-mels were not finite); warns how many were left out."""
+    report = paths.skipped_table(conf, split)
+    if all(r["fid"] in store for r in rows) or not report.is_file():
+        return rows
+    reasons = {r["fname"]: r["reason"] for r in read_rows(report, SKIPPED_COLUMNS)}
+    dropped = {r["fid"]: r["fname"] for r in rows if r["fid"] not in store and r["fname"] in reasons}
+    if not dropped:
+        return rows
+    kept = [r for r in rows if r["fid"] not in dropped]
+    if not kept:
+        raise DataError(f"every clip of '{split}' is listed as unreadable in {report}; fix the clips, then re-run "
+                        "preprocessing stages 1 and 2")
+    example = next(iter(dropped.values()))
+    warn(f"leaving out {len(dropped)} clip(s) of '{split}' ({len(rows) - len(kept)} captions) that stage 2 "
+         f"skipped, listed with the reason in {report} (e.g. {example}: {reasons[example]})")
+    return kept
+
+
+def load_split(conf: Config, split: str, need_embeds: bool = True, in_memory: bool = False) -> SplitData:
+    """Load and cross-check a paired split; raise :class:`DataError` naming the file and the fix."""
+    all_rows = read_captions(conf, split)
+    store, rows = open_features(conf, split, all_rows, paths.text_table(conf, split), in_memory)
+    fid_index: dict[str, int] = {}
+    for r in rows:
+        fid_index.setdefault(r["fid"], len(fid_index))
     embeds = None
     if need_embeds:
-        from utils.sbert import load_text_embeddings
-
-        embeds = load_text_embeddings(paths.text_embeds(conf), split, rows)
+        embeds = load_text_embeddings(paths.text_embeds(conf), split, all_rows)  # (n_all, D)
+        if len(rows) < len(all_rows):
+            kept = {id(r) for r in rows}
+            embeds = embeds[[i for i, r in enumerate(all_rows) if id(r) in kept]]  # (n_texts, D)
     return SplitData(split, rows, list(fid_index), np.array([fid_index[r["fid"]] for r in rows]), store, embeds)
 
 

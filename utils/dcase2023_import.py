@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from models.audio_encoders import CNN14_CHANNELS, CNN14Encoder, list_keys, read_torch_file
+from models.audio_encoders import CNN14_CHANNELS, CNN14Encoder, list_keys
 from models.core import build_model
-from utils.config import Config, ConfigError, RunConf
-from utils.errors import DataError
-from utils.retrieval import load_run, warn
-from utils.train_utils import Dist, atomic_save, best_checkpoint, write_run_info
+from utils import runs
+from utils.config import Config, ConfigError, RunConf, to_dict
+from utils.errors import DataError, warn
+from utils.fileio import read_torch_file, save_torch_file, write_text_atomic
 
 ZENODO = "Zenodo record 7752975"
 GET_HINT = f"download the DCASE 2023 baseline files from {ZENODO}"
@@ -193,25 +193,25 @@ def sha256_of(path: Path) -> str:
 def import_checkpoint(conf: Config, checkpoint: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
     """Write the run directory ``run_dir`` from the baseline's training checkpoint; returns ``best.pt``'s path.
 
-    ``run_dir`` must not hold a run yet. The written run is loaded back (:func:`utils.retrieval.load_run`)
+    ``run_dir`` must not hold a run yet. The written run is loaded back (:func:`utils.runs.load_run`)
     before returning, so a run that does not load is never reported as imported.
     """
     check_config(conf)
     path, run_dir = Path(checkpoint), Path(run_dir)
-    ckpt_file = run_dir / "checkpoints" / "best.pt"
+    ckpt_file = runs.checkpoint_file(run_dir, "best")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise DataError(f"{run_dir} already exists and is not empty; choose another --out or remove it")
     state = convert_state(_read_format(path, "checkpoint"), MODEL_KEYS, expected_shapes(conf), path, DROPPED_KEYS)
     conf = dataclasses.replace(conf, run=RunConf(dir=str(run_dir.parent), name=run_dir.name))
-    ckpt_file.parent.mkdir(parents=True, exist_ok=True)
-    write_run_info(run_dir, conf, torch.device("cpu"), Dist())
-    info_file = run_dir / "run_info.json"
+    runs.write_run_info(run_dir, conf, torch.device("cpu"), world_size=1)
+    info_file = runs.run_file(run_dir, "run_info")
     info = json.loads(info_file.read_text(encoding="utf-8"))
     info["imported_from"] = {"file": str(path.resolve()), "sha256": sha256_of(path),
                              "what": f"DCASE 2023 Task 6B baseline training checkpoint ({ZENODO})"}
-    info_file.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    atomic_save(best_checkpoint(state, conf, BASELINE_TEXT_DIM, None, None), ckpt_file)
-    load_run(run_dir, "best", "cpu")
+    write_text_atomic(info_file, json.dumps(info, indent=2) + "\n")
+    model = {"model": state, "config": to_dict(conf), "text_dim": BASELINE_TEXT_DIM}
+    runs.save_checkpoint(runs.best_checkpoint(model, epoch=None, val=None), run_dir, "best")
+    runs.load_run(run_dir, "best", "cpu")
     return ckpt_file
 
 
@@ -221,8 +221,7 @@ def import_audio_encoder(conf: Config, audio_encoder: str | os.PathLike, out: st
     path, out = Path(audio_encoder), Path(out)
     state = convert_state(_read_format(path, "audio_encoder"), AUDIO_KEYS, expected_shapes(conf, audio_only=True),
                           path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(state, out)
+    save_torch_file(state, out)
     a = conf.model.audio_enc
     CNN14Encoder(out_dim=a.out_dim, width=a.width, n_mels=conf.features.n_mels).load_pretrained(out)
     return out

@@ -9,22 +9,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.config import ConfigError
 from utils.data_utils import length_sorted_batches, pad_stack
 
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``'auto'`` -> cuda when available, else cpu; otherwise ``torch.device(spec)``."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{spec}' was requested but CUDA is not available; use 'auto' or 'cpu'")
-    return torch.device(spec)
+TEXT_VECTOR_BATCH = 65536  # SBERT vectors per text-branch call (a linear layer: one call in practice)
 
 
 def amp_dtype(spec: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``train.amp``: auto = bf16 on CUDA (fp16 where bf16 is unsupported), off on CPU."""
-    if spec == "off" or device.type != "cuda":
+    """Autocast dtype for ``train.amp``: auto = bf16 on CUDA (fp16 where bf16 is unsupported), off on CPU;
+    an explicit ``bf16`` / ``fp16`` applies on every device (CPU autocast runs both)."""
+    if spec == "off" or (spec == "auto" and device.type != "cuda"):
         return None
     if spec == "fp16":
         return torch.float16
@@ -33,10 +26,33 @@ def amp_dtype(spec: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+def use_channels_last(spec: bool | str, device: torch.device) -> bool:
+    """``train.channels_last``: auto = on CUDA only; an explicit true / false applies on every device."""
+    return device.type == "cuda" if spec == "auto" else bool(spec)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+CPU_BATCH_FRAMES = 8192  # on CPU, padded frames per batch at CNN14 width 0.125 (about 7 Clotho clips), scaled by
+# 0.125 / width (width 1.0: one clip per batch) so a batch's activations stay about the same size; BENCHMARKS.md
+
+
+def frame_budget_batches(batches: list[list[int]], lengths: Sequence[int], max_frames: int) -> list[list[int]]:
+    """Split length-sorted ``batches`` so that no part pads to more than ``max_frames`` frames (one clip at least)."""
+    out = []
+    for batch in batches:
+        part: list[int] = []
+        for k in batch:  # longest first: the first clip of a part sets its padded length
+            if part and (len(part) + 1) * lengths[part[0]] > max_frames:
+                out.append(part)
+                part = []
+            part.append(k)
+        out.append(part)
+    return out
 
 
 @torch.no_grad()
@@ -44,6 +60,10 @@ def embed_audio(model, get_clip: Callable[[int], np.ndarray], lengths: Sequence[
                 device: torch.device, dtype: torch.dtype | None = None, progress: bool = False,
                 desc: str = "embed audio") -> torch.Tensor:
     """Embed ``len(lengths)`` clips, batched by similar length so padding stays small.
+
+    On the CPU a batch also holds at most :data:`CPU_BATCH_FRAMES` padded frames (at width 0.125; fewer
+    at larger widths): CNN14's activations for a batch of 64 long clips fall out of the caches, and the
+    batch then runs slower per clip than one clip at a time (BENCHMARKS.md, "Audio embedding on the CPU").
 
     Args:
         model: a ``DualEncoderModel`` (eval mode is set by the caller).
@@ -55,6 +75,9 @@ def embed_audio(model, get_clip: Callable[[int], np.ndarray], lengths: Sequence[
     """
     out = torch.empty((len(lengths), 0))
     batches = length_sorted_batches(list(lengths), batch_size)
+    if device.type == "cpu":
+        width = float(getattr(getattr(model, "audio_enc", None), "width", 1.0))
+        batches = frame_budget_batches(batches, lengths, int(CPU_BATCH_FRAMES * 0.125 / width))
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         audio = pad_stack([torch.from_numpy(np.asarray(get_clip(k), dtype=np.float32)) for k in idx])
         with autocast(device, dtype):

@@ -139,3 +139,33 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
     for direction, values in metrics.items():
         lines.append(f"{direction:<6}" + "".join(f"{values[n]:>9.4f}" for n in names))
     return "\n".join(lines)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores, best first; equal scores keep the lower index first.
+
+    Args:
+        scores: ``(n,)`` or ``(n_queries, n)``.
+
+    Returns:
+        ``(min(k, n),)`` or ``(n_queries, min(k, n))`` int64. Same order as a stable descending argsort
+        (and as :func:`utils.metrics.relevant_ranks`), in O(n) per query plus O(k log k).
+    """
+    scores = np.asarray(scores)
+    if scores.ndim == 1:
+        return top_k(scores[None, :], k)[0]
+    n = scores.shape[1]
+    k = min(int(k), n)
+    if k <= 0:
+        return np.empty((scores.shape[0], 0), dtype=np.int64)
+    if k == n:
+        return np.argsort(-scores, axis=1, kind="stable")
+    cand = np.sort(np.argpartition(-scores, k - 1, axis=1)[:, :k], axis=1)  # (q, k) the k best, by index
+    cand_scores = np.take_along_axis(scores, cand, axis=1)
+    out = np.take_along_axis(cand, np.argsort(-cand_scores, axis=1, kind="stable"), axis=1)
+    # Rows where the k-th score is tied with an item left out: pick the lowest indices among the ties.
+    kth = cand_scores.min(axis=1)
+    tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k)
+    for q in tied:
+        out[q] = np.argsort(-scores[q], kind="stable")[:k]
+    return out.astype(np.int64)

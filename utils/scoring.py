@@ -1,30 +1,16 @@
-"""Postprocessing: score matrices of whole splits, their files, metrics, ranks and DCASE submissions.
+"""Postprocessing stage 01: text-to-audio score matrices of whole splits, and their files.
 
-Used by ``postprocessing/01_xmodal_scores.py`` (embed every clip and caption once, one matmul) and
-``postprocessing/02_xmodal_retrieval.py`` (metrics via :mod:`utils.metrics`, submission CSV, rank plots).
-
-Files, all under ``<run>/eval/`` and written atomically (temp file + ``os.replace``):
-
-* ``<split>_xmodal_scores.hdf5``: ``scores`` float32 ``(n_captions, n_clips)``; ``text_ids`` (tids, row
-  order of the split's caption table) and ``audio_ids`` (fids) as UTF-8 strings; attributes ``split``,
-  ``checkpoint``, ``epoch``, ``run_dir``.
-* ``<split>_metrics.json``: ``{"t2a": {"mAP@10", "R@1", "R@5", "R@10"}, "a2t": {...}, "definitions": {...}}``
-  (paired splits, or t2a only for a query split with a relevance file); k from ``eval.map_k`` and
-  ``eval.recall_ks``; t2a uses the split's relevance file (``data.relevance``, :mod:`utils.relevance`) if any.
-* ``<split>.t2a_submission.csv``: DCASE 2023 format, ``caption,file_name_1,...,file_name_10``, one row per
-  caption (its original ``raw_text``), clips' original file names, best first; and
-  ``<split>.t2a_submission_top<k>.csv``, the same with ``k = eval.top_k`` files, when that is not 10.
-* ``<split>_ranks.csv`` (tid, fid, rank of the true clip) and ``<split>_ranks.png`` (paired splits).
+Used by ``postprocessing/01_xmodal_scores.py``: every clip and every caption of a split is embedded once, and the
+scores are one matrix product. The file, ``<run>/eval/<split>_xmodal_scores.hdf5`` (:func:`utils.runs.eval_file`),
+written atomically: ``scores`` float32 ``(n_captions, n_clips)``; ``text_ids`` (tids, row order of the split's
+caption table) and ``audio_ids`` (fids) as UTF-8 strings; attributes ``split``, ``checkpoint``, ``epoch``,
+``run_dir``. Stage 02 (metrics, submissions, ranks) is :mod:`utils.evaluation`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,77 +19,16 @@ import numpy as np
 import torch
 
 from utils import paths
-from utils.cli import run
 from utils.config import Config
-from utils.data_utils import LogmelStore, load_split
-from utils.errors import DataError, PipelineError
-from utils.inference import embed_audio, embed_text
-from utils.metrics import PAIRED, metric_definitions, t2a_metrics, t2a_ranks, xmodal_metrics
-from utils.relevance import read_relevance, relevance_file
-from utils.retrieval import TEXT_VECTOR_BATCH, LoadedRun, top_k, warn
-from utils.tables import atomic_path, read_audio_table, read_text_table, write_rows
+from utils.data_utils import LogmelStore, load_split, open_features, read_captions
+from utils.errors import DataError, PipelineError, warn
+from utils.fileio import atomic_write
+from utils.inference import TEXT_VECTOR_BATCH, embed_audio, embed_text
+from utils.runs import LoadedRun
+from utils.tables import read_audio_table
+from utils.text_embeddings import embedding_model_name, load_text_embeddings
 
 RERUN_SCORES = "re-run postprocessing/01_xmodal_scores.py"
-DCASE2023_TOP_K = 10  # files per caption in the DCASE 2023 submission format
-
-
-# --------------------------------------------------------------------------------------------
-# Paths and configuration
-# --------------------------------------------------------------------------------------------
-
-
-def eval_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "eval"
-
-
-def scores_file(run_dir: str | os.PathLike, split: str) -> Path:
-    return eval_dir(run_dir) / f"{split}_xmodal_scores.hdf5"
-
-
-def metrics_file(run_dir: str | os.PathLike, split: str) -> Path:
-    return eval_dir(run_dir) / f"{split}_metrics.json"
-
-
-def submission_file(run_dir: str | os.PathLike, split: str) -> Path:
-    return eval_dir(run_dir) / f"{split}.t2a_submission.csv"
-
-
-def submission_top_k_file(run_dir: str | os.PathLike, split: str, k: int) -> Path:
-    return eval_dir(run_dir) / f"{split}.t2a_submission_top{k}.csv"
-
-
-def ranks_file(run_dir: str | os.PathLike, split: str) -> Path:
-    return eval_dir(run_dir) / f"{split}_ranks.csv"
-
-
-def ranks_plot_file(run_dir: str | os.PathLike, split: str) -> Path:
-    return eval_dir(run_dir) / f"{split}_ranks.png"
-
-
-def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--run RUN_DIR`` (default: ``run.dir/run.name`` of the config)."""
-    parser.add_argument("--run", default=None, metavar="RUN_DIR",
-                        help="run directory (default: run.dir/run.name of the config); given without --conf, "
-                             "the config is RUN_DIR/config.yaml")
-    return parser
-
-
-def run_script(main: Callable[[argparse.Namespace, Config], object], parser: argparse.ArgumentParser,
-               argv: list[str] | None = None) -> None:
-    """:func:`utils.cli.run`, except that with ``--run`` and no ``--conf`` the config is the run's own
-    ``config.yaml``, so ``--set`` overrides apply on top of the settings the run was trained with."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--conf", default=None)
-    pre.add_argument("--run", default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.conf is None and known.run and (Path(known.run) / "config.yaml").is_file():
-        parser.set_defaults(conf=str(Path(known.run) / "config.yaml"))
-    run(main, parser, argv)
-
-
-def run_dir_of(args: argparse.Namespace, conf: Config) -> Path:
-    return Path(args.run) if args.run else conf.run_dir
 
 
 def eval_config(conf: Config, run_conf: Config) -> Config:
@@ -132,11 +57,6 @@ def is_query_split(conf: Config, split: str, text_rows: list[dict]) -> bool:
     return split in conf.data.query_splits or not any(r["fid"] for r in text_rows)
 
 
-# --------------------------------------------------------------------------------------------
-# Stage 01: score matrices
-# --------------------------------------------------------------------------------------------
-
-
 @dataclass
 class SplitInputs:
     """Everything needed to score one split, aligned by index."""
@@ -158,23 +78,15 @@ def load_split_inputs(conf: Config, split: str, text_kind: str = "embedding",
     query splits use every clip of the split's audio table.
     """
     need_embeds = text_kind == "embedding"
-    rows = read_text_table(paths.text_table(conf, split))
-    if not rows:
-        raise DataError(f"{paths.text_table(conf, split)} has no captions; check stage 1's output for '{split}'")
+    rows = read_captions(conf, split)
     if is_query_split(conf, split, rows):
         audio_rows = read_audio_table(paths.audio_table(conf, split))
         if not audio_rows:
             raise DataError(f"{paths.audio_table(conf, split)} lists no clips; check stage 1's output for '{split}'")
-        store = LogmelStore(paths.logmels(conf, split))
+        store, audio_rows = open_features(conf, split, audio_rows, paths.audio_table(conf, split))
         fids = [r["fid"] for r in audio_rows]
-        missing = [f for f in fids if f not in store]
-        if missing:
-            raise DataError(f"{len(missing)} clip(s) of {paths.audio_table(conf, split)} have no features in "
-                            f"{store.path} (e.g. fid {missing[0]}). Re-run preprocessing/02_audio_logmel.py.")
         text_input = None
         if need_embeds:
-            from utils.sbert import load_text_embeddings
-
             text_input = load_text_embeddings(paths.text_embeds(conf), split, rows)  # (n_captions, D)
         query = True
     else:
@@ -196,8 +108,6 @@ def load_split_inputs(conf: Config, split: str, text_kind: str = "embedding",
 
 def check_embedding_model(conf: Config) -> None:
     """Warn when the caption-vector file was made by another sentence-transformers model than ``text.model``."""
-    from utils.sbert import embedding_model_name
-
     made_with = embedding_model_name(paths.text_embeds(conf))
     if Path(made_with).name != Path(conf.text.model).name:
         warn(f"{paths.text_embeds(conf)} was made with '{made_with}' but the run was trained on vectors of "
@@ -229,20 +139,13 @@ def write_scores(path: str | os.PathLike, scores: np.ndarray, text_ids: list[str
     scores = np.asarray(scores, dtype=np.float32)
     if scores.shape != (len(text_ids), len(audio_ids)):
         raise ValueError(f"scores {scores.shape} do not match {len(text_ids)} text ids x {len(audio_ids)} audio ids")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
     string = h5py.string_dtype("utf-8")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("scores", data=scores)
-            f.create_dataset("text_ids", data=np.array(text_ids, dtype=object), dtype=string)
-            f.create_dataset("audio_ids", data=np.array(audio_ids, dtype=object), dtype=string)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("scores", data=scores)
+        f.create_dataset("text_ids", data=np.array(text_ids, dtype=object), dtype=string)
+        f.create_dataset("audio_ids", data=np.array(audio_ids, dtype=object), dtype=string)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
     return path
 
 
@@ -269,133 +172,3 @@ def read_scores(path: str | os.PathLike) -> ScoreFile:
     if out.scores.shape != (len(out.text_ids), len(out.audio_ids)):
         raise DataError(f"{path}: scores {out.scores.shape} do not match its ids; {RERUN_SCORES}")
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Stage 02: metrics, submission, ranks
-# --------------------------------------------------------------------------------------------
-
-
-def align(conf: Config, split: str, sf: ScoreFile) -> tuple[list[dict], list[str], np.ndarray | None]:
-    """Check a score file against the split's tables.
-
-    Returns:
-        ``(text_rows, fnames, text_to_audio)``: caption rows in score-row order, the original file name of
-        each score column, and each caption's column (None for a query split).
-    """
-    table = paths.text_table(conf, split)
-    rows = read_text_table(table)
-    tids = [r["tid"] for r in rows]
-    if tids != sf.text_ids:
-        n_diff = sum(a != b for a, b in zip(tids, sf.text_ids, strict=False)) + abs(len(tids) - len(sf.text_ids))
-        raise DataError(f"{sf.path} does not match {table} ({len(sf.text_ids)} vs {len(tids)} captions, {n_diff} "
-                        f"differ): scores were made from another caption table; {RERUN_SCORES}")
-    names = {}
-    if paths.audio_table(conf, split).is_file():
-        names = {r["fid"]: r["fname"] for r in read_audio_table(paths.audio_table(conf, split))}
-    names.update({r["fid"]: r["fname"] for r in rows if r["fid"]})
-    unknown = [f for f in sf.audio_ids if f not in names]
-    if unknown:
-        raise DataError(f"{sf.path} has {len(unknown)} clip(s) unknown to the tables of '{split}' (e.g. fid "
-                        f"{unknown[0]}): scores were made from another caption table; {RERUN_SCORES}")
-    fnames = [names[f] for f in sf.audio_ids]
-    if is_query_split(conf, split, rows):
-        return rows, fnames, None
-    column = {fid: j for j, fid in enumerate(sf.audio_ids)}
-    missing = [r["fid"] for r in rows if r["fid"] not in column]
-    if missing:
-        raise DataError(f"{sf.path} has no column for clip {missing[0]} of {table}: scores were made from another "
-                        f"caption table; {RERUN_SCORES}")
-    return rows, fnames, np.array([column[r["fid"]] for r in rows], dtype=np.int64)
-
-
-def submission_rows(scores: np.ndarray, captions: list[str], fnames: list[str], k: int = 10) -> list[dict]:
-    """DCASE t2a submission rows: ``{"caption": ..., "file_name_1": best, ...}``; ties keep the lower column."""
-    best = top_k(scores, k)  # (n_captions, min(k, n_clips))
-    return [{"caption": c, **{f"file_name_{i + 1}": fnames[j] for i, j in enumerate(row)}}
-            for c, row in zip(captions, best, strict=True)]
-
-
-def write_submission(path: Path, scores: np.ndarray, captions: list[str], fnames: list[str], k: int) -> Path:
-    """A submission CSV of the ``min(k, n_clips)`` best clips per caption (:func:`submission_rows`)."""
-    k = min(k, len(fnames))
-    return write_rows(path, submission_rows(scores, captions, fnames, k), submission_columns(k))
-
-
-def submission_columns(k: int) -> list[str]:
-    return ["caption"] + [f"file_name_{i}" for i in range(1, k + 1)]
-
-
-def write_json(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def plot_ranks(path: Path, ranks: np.ndarray, n_clips: int, split: str) -> Path:
-    """Histogram of the true clip's rank on log-spaced bins, with the median in the title (PNG, atomic)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    edges = np.unique(np.round(np.geomspace(1, n_clips + 1, num=min(40, n_clips + 1)))) - 0.5  # around integer ranks
-    median = float(np.median(ranks))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(ranks, bins=edges, color="#4c72b0", edgecolor="white")
-    ax.set_xscale("log")
-    ax.axvline(median, color="#c44e52", linestyle="--", label=f"median {median:g}")
-    ax.axvline(10.5, color="0.4", linestyle=":", label="top 10")
-    ax.set_xlabel(f"rank of the true clip among {n_clips} (log scale)")
-    ax.set_ylabel("captions")
-    ax.set_title(f"{split}: text-to-audio rank of the true clip (median {median:g}, {len(ranks)} captions)")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-@dataclass
-class SplitReport:
-    split: str
-    submission: Path
-    metrics: dict | None = None  # xmodal_metrics output, None for a query split
-    ranks: np.ndarray | None = None
-
-
-def evaluate_split(conf: Config, run_dir: Path, split: str) -> SplitReport:
-    """Stage 02 for one split: the DCASE 2023 top-10 submission CSV always (and a top-``eval.top_k`` one when
-    that is not 10); metrics JSON, ranks CSV and plot for paired splits; t2a metrics only for a query split
-    with a relevance file (``data.relevance``)."""
-    sf = read_scores(scores_file(run_dir, split))
-    rows, fnames, t2a = align(conf, split, sf)
-    captions = [r["raw_text"] for r in rows]
-    sub = write_submission(submission_file(run_dir, split), sf.scores, captions, fnames, DCASE2023_TOP_K)
-    if conf.eval.top_k != DCASE2023_TOP_K:  # else the top-k file would repeat the DCASE 2023 one
-        write_submission(submission_top_k_file(run_dir, split, conf.eval.top_k), sf.scores, captions, fnames,
-                         conf.eval.top_k)
-    ev = conf.eval
-    rel_path = relevance_file(conf, split)
-    rel = None if rel_path is None else read_relevance(rel_path, captions, fnames)  # (n_captions, n_clips)
-    definitions = metric_definitions(ev.recall_ks, ev.map_k,
-                                     PAIRED if rel is None else f"the clips with relevance > 0 in {rel_path}")
-    if t2a is None:
-        if rel is None:
-            return SplitReport(split, sub)
-        metrics = {"t2a": t2a_metrics(sf.scores, rel, ev.recall_ks, ev.map_k)}
-        write_json(metrics_file(run_dir, split), {**metrics, "definitions": definitions})
-        return SplitReport(split, sub, metrics)
-    metrics = xmodal_metrics(sf.scores, t2a, ev.recall_ks, ev.map_k, rel)
-    write_json(metrics_file(run_dir, split), {**metrics, "definitions": definitions})
-    ranks = t2a_ranks(sf.scores, t2a)
-    write_rows(ranks_file(run_dir, split),
-               ({"tid": r["tid"], "fid": r["fid"], "rank": int(rank)} for r, rank in zip(rows, ranks, strict=True)),
-               ["tid", "fid", "rank"])
-    plot_ranks(ranks_plot_file(run_dir, split), ranks, len(fnames), split)
-    return SplitReport(split, sub, metrics, ranks)

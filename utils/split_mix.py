@@ -39,16 +39,13 @@ class MultiStore:
     def n_frames(self, fid: str) -> int:
         return self.stores[self._where[fid]].n_frames(fid)
 
-    def n_mels(self) -> int:
-        return self.stores[0].n_mels()
-
 
 def combine_splits(parts: list[SplitData]) -> SplitData:
     """One :class:`SplitData` over several splits: captions and clips concatenated in the given order."""
     fids = [fid for part in parts for fid in part.fids]
     if len(set(fids)) != len(fids):
         raise DataError(f"splits {[p.split for p in parts]} share clip IDs; list each split once")
-    mels = {part.split: part.features.n_mels() for part in parts}
+    mels = {part.split: part.features[part.fids[0]].shape[1] for part in parts if part.fids}  # (time, mels)
     if len(set(mels.values())) > 1:
         raise DataError(f"the splits' log-mels have different mel counts {mels}; re-run "
                         "preprocessing/02_audio_logmel.py with one features config")

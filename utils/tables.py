@@ -11,28 +11,21 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from utils.errors import DataError
+from utils.fileio import atomic_write
 
 TEXT_COLUMNS = ["tid", "fid", "fname", "raw_text", "text"]
 AUDIO_COLUMNS = ["fid", "fname", "path", "duration", "sample_rate"]
 SKIPPED_COLUMNS = ["fname", "path", "reason"]
 
 
-def atomic_path(path: Path) -> Path:
-    """A temporary sibling of ``path``; write there, then ``os.replace`` it onto ``path``."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def write_rows(path: str | os.PathLike, rows: Iterable[dict], columns: Sequence[str]) -> Path:
     """Write ``rows`` as CSV with a header, atomically (a crash never leaves a half-written table)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    with open(tmp, "w", newline="", encoding="utf-8") as stream:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
-    os.replace(tmp, path)
     return path
 
 
