@@ -56,7 +56,8 @@ def build_model(conf: Config, text_dim: int | None = None, load_prior: bool = Tr
     if mconf.name not in MODELS:
         raise ConfigError(f"model.name: unknown model '{mconf.name}'; valid choices: {sorted(MODELS)}")
     a = mconf.audio_enc
-    audio_enc = build_audio_encoder(a.name, out_dim=a.out_dim, width=a.width, n_mels=conf.features.n_mels)
+    audio_enc = build_audio_encoder(a.name, out_dim=a.out_dim, width=a.width, n_mels=conf.features.n_mels,
+                                    dropout=a.dropout)
     if a.init == "prior" and load_prior:
         audio_enc.load_pretrained(conf.pretrained.cnn14_weights)
     audio_enc.set_trainable(a.trainable)

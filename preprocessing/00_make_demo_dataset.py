@@ -1,6 +1,6 @@
 """Stage 0: write the built-in demo dataset (synthetic sounds + matching captions) in the Clotho layout.
 
-    python preprocessing/00_make_demo_dataset.py --conf conf.yaml [--set data.dataset_dir=DIR] [--clips 240]
+    python preprocessing/00_make_demo_dataset.py --conf conf.yaml [--set data.dataset_dir=DIR] [--clips 240] [--held-out N]
 
 Writes clotho_captions_<split>.csv, <split>/*.wav and demo_manifest.json into data.dataset_dir.
 Rerunning with the same parameters does nothing; --force regenerates. Refuses to write into a
@@ -31,7 +31,7 @@ def main(args, conf) -> None:
     if args.panns_stand_in:
         write_stand_in(conf)
     params = dict(n_clips=args.clips, seed=args.seed, sample_rate=args.sample_rate,
-                  duration_range=tuple(args.duration_range))
+                  duration_range=tuple(args.duration_range), held_out=args.held_out)
     if not args.force and demo_dataset_complete(out_dir, **params):
         print(f"demo dataset already complete in {out_dir} ({args.clips} clips, seed {args.seed}); "
               "nothing to do (--force regenerates it)")
@@ -42,6 +42,9 @@ def main(args, conf) -> None:
 
 parser = make_parser(__doc__.splitlines()[0])
 parser.add_argument("--clips", type=int, default=240, help="total clips, split about 60/20/20 (default: 240)")
+parser.add_argument("--held-out", type=int, default=None, metavar="N",
+                    help="clips in each of validation and evaluation; the rest go to development "
+                         "(default: about 20%% each)")
 parser.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical files (default: 0)")
 parser.add_argument("--sample-rate", type=int, default=16000, help="sample rate of most clips in Hz (default: 16000)")
 parser.add_argument("--duration-range", type=float, nargs=2, default=[5.0, 15.0], metavar=("MIN", "MAX"),

@@ -7,8 +7,11 @@ import math
 
 import pytest
 import torch
+from conftest import ROOT
 
 from models.audio_encoders import AUDIO_ENCODERS, CNN14Encoder, build_audio_encoder, scaled_channels
+from models.core import build_model
+from utils.config import load_config
 
 WIDTH = 0.125  # channels 8 ... 256: fast on CPU
 
@@ -132,3 +135,12 @@ def test_registry():
     assert isinstance(enc, CNN14Encoder) and enc.fc2.out_features == 12
     with pytest.raises(ValueError, match=r"unknown audio encoder 'Cnn10'.*\['CNN14Encoder'\]"):
         build_audio_encoder("Cnn10")
+
+
+def test_config_dropout_setting_reaches_the_encoder():
+    """``model.audio_enc.dropout: false`` (conf_demo.yaml) builds the encoder without dropout."""
+    for flag, expected in (("true", {0.2, 0.5}), ("false", {0.0})):
+        conf = load_config(ROOT / "conf_demo.yaml", [f"model.audio_enc.dropout={flag}",
+                                                     f"model.audio_enc.width={WIDTH}", "model.audio_enc.init=random"])
+        model = build_model(conf, text_dim=16, load_prior=False)
+        assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == expected

@@ -146,6 +146,14 @@ def test_split_sizes():
         split_sizes(2)
 
 
+def test_split_sizes_held_out():
+    assert split_sizes(560, held_out=80) == {"development": 400, "validation": 80, "evaluation": 80}
+    assert split_sizes(3, held_out=1) == {"development": 1, "validation": 1, "evaluation": 1}
+    for bad in (0, 2):  # none held out; nothing left for development
+        with pytest.raises(ConfigError, match="--held-out must be 1 to 1 for 3 clips"):
+            split_sizes(3, held_out=bad)
+
+
 def test_csv_format_and_five_captions(small):
     counts = manifest(small)["counts"]
     assert counts == split_sizes(12)

@@ -17,7 +17,7 @@ from utils.demo.dataset import make_demo_dataset
 from utils.train_utils import train
 
 N_CLIPS = 60  # 36 / 12 / 12
-EPOCHS = 8  # training-clip R@1 0.36 (13x chance) after 8 epochs, 0.26 after 7 (seed 0)
+EPOCHS = 5  # training-clip R@1 0.69 (25x chance) after 5 epochs, 0.39 after 4 (seed 0, no dropout)
 DURATIONS = (1.5, 2.5)  # seconds: short clips keep this test fast
 
 

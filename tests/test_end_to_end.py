@@ -15,7 +15,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 N_CLIPS = 200  # 120 / 40 / 40 clips
-EPOCHS = 8
+EPOCHS = 5  # clips of 2-3 s, as in make demo
 
 
 def run_script(script, conf, *extra, timeout=900):
@@ -40,7 +40,7 @@ def demo(tmp_path_factory):
     conf_path.write_text(yaml.safe_dump(conf))
     out = {"tmp": tmp, "conf": conf_path, "data": tmp / "demo", "run": tmp / "runs" / "demo", "logs": {}}
     steps = [
-        ("preprocessing/00_make_demo_dataset.py", "--clips", str(N_CLIPS), "--duration-range", "5", "8",
+        ("preprocessing/00_make_demo_dataset.py", "--clips", str(N_CLIPS), "--duration-range", "2", "3",
          "--panns-stand-in"),
         ("preprocessing/01_clotho_dataset.py",),
         ("preprocessing/02_audio_logmel.py",),

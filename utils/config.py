@@ -103,6 +103,7 @@ class AudioEncoderConf:
     width: float = 1.0  # channel-width multiplier; 1.0 = the real CNN14 (64 ... 2048 channels)
     init: Literal["prior", "random"] = "prior"  # 'prior' loads pretrained.cnn14_weights
     trainable: bool = True  # False freezes everything but the final projection
+    dropout: bool = True  # the baseline's dropout (0.2 after each conv block, 0.5 around fc1); False removes it
 
 
 @dataclass

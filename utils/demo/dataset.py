@@ -60,12 +60,16 @@ class DemoClip:
     channels: int  # 1 or 2
 
 
-def split_sizes(n_clips: int) -> dict[str, int]:
-    """Clips per split, about 60/20/20 (e.g. 144/48/48 for 240); every split gets at least one."""
+def split_sizes(n_clips: int, held_out: int | None = None) -> dict[str, int]:
+    """Clips per split: ``held_out`` each for validation and evaluation and the rest for development, or,
+    without ``held_out``, about 60/20/20 (e.g. 144/48/48 for 240). Every split gets at least one."""
     if n_clips < len(CLOTHO_SPLITS):
         raise ConfigError(f"need at least {len(CLOTHO_SPLITS)} clips (one per split), got {n_clips}")
-    val = max(1, round(n_clips * SPLIT_FRACTIONS[1]))
-    ev = max(1, round(n_clips * SPLIT_FRACTIONS[2]))
+    if held_out is not None and not 1 <= held_out <= (n_clips - 1) // 2:
+        raise ConfigError(f"--held-out must be 1 to {(n_clips - 1) // 2} for {n_clips} clips (one clip must be "
+                          f"left for development), got {held_out}")
+    val = held_out or max(1, round(n_clips * SPLIT_FRACTIONS[1]))
+    ev = held_out or max(1, round(n_clips * SPLIT_FRACTIONS[2]))
     return dict(zip(CLOTHO_SPLITS, (n_clips - val - ev, val, ev), strict=True))
 
 
@@ -81,7 +85,7 @@ def _formats(n: int, sample_rate: int) -> list[tuple[int, int]]:
 
 
 def plan_dataset(n_clips: int = 240, seed: int = 0, sample_rate: int = 16000,
-                 duration_range: tuple[float, float] = (5.0, 15.0)) -> list[DemoClip]:
+                 duration_range: tuple[float, float] = (5.0, 15.0), held_out: int | None = None) -> list[DemoClip]:
     """Every clip's split, names, attributes, captions, duration and format; no audio yet."""
     lo, hi = duration_range
     if sample_rate < MIN_SAMPLE_RATE:
@@ -92,7 +96,7 @@ def plan_dataset(n_clips: int = 240, seed: int = 0, sample_rate: int = 16000,
     rng = np.random.default_rng([seed, 0])
     specs = plan_specs(n_clips, rng)
     names = plan_names(specs, rng)
-    splits = [s for s, count in split_sizes(n_clips).items() for _ in range(count)]
+    splits = [s for s, count in split_sizes(n_clips, held_out).items() for _ in range(count)]
     clips = []
     for i, (spec, (disk, csv_name), split, (sr, ch)) in enumerate(
             zip(specs, names, splits, _formats(n_clips, sample_rate), strict=True)):
@@ -102,9 +106,10 @@ def plan_dataset(n_clips: int = 240, seed: int = 0, sample_rate: int = 16000,
     return clips
 
 
-def _params(n_clips: int, seed: int, sample_rate: int, duration_range: tuple[float, float]) -> dict:
+def _params(n_clips: int, seed: int, sample_rate: int, duration_range: tuple[float, float],
+            held_out: int | None) -> dict:
     return {"version": FORMAT_VERSION, "n_clips": n_clips, "seed": seed, "sample_rate": sample_rate,
-            "duration_range": [float(duration_range[0]), float(duration_range[1])]}
+            "duration_range": [float(duration_range[0]), float(duration_range[1])], "held_out": held_out}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -173,15 +178,16 @@ def _counts(clips: list[DemoClip]) -> dict[str, int]:
 
 
 def make_demo_dataset(out_dir: str | os.PathLike, n_clips: int = 240, seed: int = 0, sample_rate: int = 16000,
-                      progress: bool = True, duration_range: tuple[float, float] = (5.0, 15.0)) -> dict[str, int]:
+                      progress: bool = True, duration_range: tuple[float, float] = (5.0, 15.0),
+                      held_out: int | None = None) -> dict[str, int]:
     """Write the demo dataset into ``out_dir`` and return the number of clips per split.
 
     Files of an earlier demo generation in ``out_dir`` are replaced; the manifest is written last,
     so an interrupted run never looks complete (see :func:`demo_dataset_complete`).
     """
     out_dir = Path(out_dir)
-    params = _params(n_clips, seed, sample_rate, duration_range)
-    clips = plan_dataset(n_clips, seed, sample_rate, duration_range)
+    params = _params(n_clips, seed, sample_rate, duration_range, held_out)
+    clips = plan_dataset(n_clips, seed, sample_rate, duration_range, held_out)
     out_dir.mkdir(parents=True, exist_ok=True)
     _start(out_dir, params, clips)
     for split in CLOTHO_SPLITS:
@@ -195,7 +201,7 @@ def make_demo_dataset(out_dir: str | os.PathLike, n_clips: int = 240, seed: int 
 
 
 def demo_dataset_complete(out_dir: str | os.PathLike, n_clips: int = 240, seed: int = 0, sample_rate: int = 16000,
-                          duration_range: tuple[float, float] = (5.0, 15.0)) -> bool:
+                          duration_range: tuple[float, float] = (5.0, 15.0), held_out: int | None = None) -> bool:
     """True if ``out_dir`` holds a finished demo dataset made with these parameters (every file present, same size)."""
     out_dir = Path(out_dir)
     path = out_dir / MANIFEST
@@ -205,7 +211,7 @@ def demo_dataset_complete(out_dir: str | os.PathLike, n_clips: int = 240, seed: 
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if manifest.get("params") != _params(n_clips, seed, sample_rate, duration_range):
+    if manifest.get("params") != _params(n_clips, seed, sample_rate, duration_range, held_out):
         return False
     if not all((out_dir / f"clotho_captions_{s}.csv").is_file() for s in CLOTHO_SPLITS):
         return False
