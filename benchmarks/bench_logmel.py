@@ -111,6 +111,7 @@ def child(args: argparse.Namespace) -> None:
 
         librosa.feature.melspectrogram(y=np.zeros(44100, np.float32), sr=44100)  # loads librosa's numba code
     else:
+        import librosa.filters  # noqa: F401  (the mel banks' source; the baseline's warm-up above loads it too)
         import torch  # noqa: F401
 
         import utils.logmel_extract  # noqa: F401

@@ -103,16 +103,38 @@ def features_problem(feat: np.ndarray) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=64)
+MelKey = tuple[int, int, int]  # (sr, n_fft, n_mels)
+_MEL_BANKS: dict[MelKey, np.ndarray] = {}  # mel_filters' cache; seeded in workers by use_mel_filters
+
+
 def mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     """``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)``: ``(n_mels, 1 + n_fft//2)`` float32, read-only.
 
-    Slaney mel scale and area normalisation, 0 Hz to sr/2. Cached per (sr, n_fft, n_mels); stage 2 builds it
-    once before forking its workers (librosa.filters loads numba code, 1-2 s per process).
+    Slaney mel scale and area normalisation, 0 Hz to sr/2. Cached per (sr, n_fft, n_mels). The first call in a
+    process costs 1.0-1.3 s of CPU: it imports ``librosa.filters``, which imports ``scipy.signal`` (~0.8 s) and
+    numba (~0.15 s); the computation itself takes ~5 ms. Stage 2 therefore builds its banks once, in the parent,
+    and hands them to its workers (:func:`use_mel_filters`).
     """
-    weights = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)  # (n_mels, freq) float32
-    weights.flags.writeable = False
+    key = (int(sr), int(n_fft), int(n_mels))
+    weights = _MEL_BANKS.get(key)
+    if weights is None:
+        weights = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)  # (n_mels, freq) float32
+        weights.flags.writeable = False
+        _MEL_BANKS[key] = weights
     return weights
+
+
+def use_mel_filters(banks: dict[MelKey, np.ndarray]) -> None:
+    """Adopt banks that :func:`prepare` built in another process, so this one never imports ``librosa.filters``.
+
+    For worker processes: under fork they inherit the parent's cache anyway, but under spawn or forkserver
+    each would otherwise pay the import (1.0-1.3 s of CPU) again.
+    """
+    for (sr, n_fft, n_mels), weights in banks.items():
+        if weights.shape != (n_mels, 1 + n_fft // 2) or weights.dtype != np.float32:
+            raise ValueError(f"mel bank for {(sr, n_fft, n_mels)} has shape {weights.shape} {weights.dtype}")
+        weights.flags.writeable = False  # unpickled arrays come back writeable
+        _MEL_BANKS[(int(sr), int(n_fft), int(n_mels))] = weights
 
 
 @functools.lru_cache(maxsize=64)
@@ -137,11 +159,17 @@ def _window(win: int, n_fft: int) -> np.ndarray:
     return w
 
 
-def prepare(sr: int, n_mels: int = N_MELS, win_sec: float = WIN_SEC, hop_sec: float = HOP_SEC) -> None:
-    """Build (and cache) the window and mel filters of ``sr`` now, e.g. before forking workers."""
+def prepare(sr: int, n_mels: int = N_MELS, win_sec: float = WIN_SEC,
+            hop_sec: float = HOP_SEC) -> dict[MelKey, np.ndarray]:
+    """Build (and cache) the window and mel filters of ``sr`` now, e.g. before starting workers.
+
+    Returns ``{(sr, n_fft, n_mels): bank}``, for the workers' :func:`use_mel_filters`.
+    ``ValueError`` as :func:`frame_spec`.
+    """
     s = frame_spec(sr, n_mels, win_sec, hop_sec)
     _window(s.win, s.n_fft)
     _mel_filters_t(sr, s.n_fft, s.n_mels)
+    return {(s.sr, s.n_fft, s.n_mels): mel_filters(s.sr, s.n_fft, s.n_mels)}
 
 
 def _as_mono_f32(y: np.ndarray) -> np.ndarray:
