@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,23 @@ def timed(fn, device: torch.device, repeats: int = 3) -> tuple[float, object]:
         sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
+
+
+def timed_round_robin(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 3) -> dict[str, float]:
+    """Median wall time of each ``fns[name]()``, the runs taken in turn (a, b, c, a, b, c, ...) after one warm-up
+    each, so that a drift of the machine's speed during the measurement (other load, clock, allocator state)
+    falls on every side alike rather than on whichever runs first."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+        sync(device)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def machine(device: torch.device) -> str:
@@ -184,14 +202,17 @@ def bench_end_to_end(args, device, dtype, rng, width: float, subset: int, scorin
     def ours():
         return embed_audio(model, lambda k: feats[k], [f.shape[0] for f in feats], batch, device, dtype)
 
-    t_ours_audio, _ = timed(ours, device, repeats=args.e2e_repeats)
-    cap = inference.CPU_BATCH_FRAMES
-    inference.CPU_BATCH_FRAMES = 1 << 40  # no cap: batches of up to `batch` clips
-    try:
-        t_uncapped_audio, _ = timed(ours, device, repeats=args.e2e_repeats)
-    finally:
-        inference.CPU_BATCH_FRAMES = cap
-    t_naive_audio, _ = timed(lambda: naive_audio(model, feats, device), device, repeats=args.e2e_repeats)
+    def uncapped():
+        cap = inference.CPU_BATCH_FRAMES
+        inference.CPU_BATCH_FRAMES = 1 << 40  # no cap: batches of up to `batch` clips
+        try:
+            return ours()
+        finally:
+            inference.CPU_BATCH_FRAMES = cap
+
+    t = timed_round_robin({"ours": ours, "uncapped": uncapped, "naive": lambda: naive_audio(model, feats, device)},
+                          device, repeats=args.e2e_repeats)
+    t_ours_audio, t_uncapped_audio, t_naive_audio = t["ours"], t["uncapped"], t["naive"]
     scale = float(lengths.sum() / lengths[chosen].sum())  # total frames, all clips / timed clips
     ours_total = t_ours_audio * scale + scoring["ours_s"]
     naive = t_naive_audio * scale + scoring["naive_s_extrapolated"]
@@ -358,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--subset-w1", type=int, default=16, help="clips timed with the width-1.0 CNN14")
     parser.add_argument("--subset-small", type=int, default=128, help="clips timed with the width-0.125 CNN14")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="eval.batch_size for ours")
-    parser.add_argument("--e2e-repeats", type=int, default=1)
+    parser.add_argument("--e2e-repeats", type=int, default=3)
     parser.add_argument("--index-clips", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--skip-search", action="store_true")
