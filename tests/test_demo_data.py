@@ -398,6 +398,11 @@ def test_completeness_check_and_cleanup(tmp_path):
     assert sum(len(list((root / s).iterdir())) for s in CLOTHO_SPLITS) == 5
     assert not (root / IN_PROGRESS).exists()
     assert demo_dataset_complete(root, n_clips=5, duration_range=SHORT)
+    # --held-out: validation and evaluation sizes are part of what "complete" means.
+    assert not demo_dataset_complete(root, n_clips=5, duration_range=SHORT, held_out=2)
+    counts = make_demo_dataset(root, n_clips=5, progress=False, duration_range=SHORT, held_out=2)
+    assert counts == {"development": 1, "validation": 2, "evaluation": 2}
+    assert demo_dataset_complete(root, n_clips=5, duration_range=SHORT, held_out=2)
 
 
 def test_refuses_to_overwrite_a_real_dataset(tmp_path):
