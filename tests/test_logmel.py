@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from utils import logmel_workers
 from utils.audio import AudioReadError, load_audio
 from utils.devices import one_thread
 from utils.errors import DataError
@@ -182,10 +184,6 @@ def _bank_in_worker(sr: int) -> tuple[np.ndarray, bool]:
 def test_spawned_workers_get_the_parents_mel_banks(monkeypatch):
     """Stage 2's workers adopt the parent's banks: librosa's, bit for bit, without importing ``librosa.filters``
     again (1.0-1.3 s of CPU per process). Spawn, where nothing is inherited; fork inherits the cache anyway."""
-    import multiprocessing
-
-    from utils import logmel_workers
-
     params = {"n_mels": 64, "win_sec": 0.04, "hop_sec": 0.02}
     banks = logmel_workers._warm_up({44100, 0}, params)  # 0: rate not probed, left to the worker
     assert list(banks) == [(44100, 2048, 64)]
