@@ -8,10 +8,10 @@ Rerunning with the same run directory (run.dir/run.name) resumes from checkpoint
 
 from __future__ import annotations
 
+from utils.base.errors import PipelineError
 from utils.cli import make_parser, run
-from utils.errors import PipelineError
 from utils.runs import checkpoint_file
-from utils.train_utils import train
+from utils.training.loop import train
 
 
 def main(args, conf) -> None:

@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from utils.base.errors import DataError, PipelineError
 from utils.cli import call
-from utils.embedder import check_queries
-from utils.errors import DataError, PipelineError
-from utils.search import Retriever
-from utils.search_index import IndexUpdate
-from utils.search_modes import read_file_list, results_json
-from utils.search_page import serve as serve_page
-from utils.search_page_state import open_page
+from utils.search.embedder import check_queries
+from utils.search.index import IndexUpdate
+from utils.search.modes import read_file_list, results_json
+from utils.search.page import serve as serve_page
+from utils.search.page_state import open_page
+from utils.search.retriever import Retriever
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -94,7 +94,7 @@ def baseline_side(rows: list[dict], root: Path, out: Path) -> None:
 
 
 def ours_side(rows: list[dict], root: Path, out: Path, workers: int) -> None:
-    from utils.logmel_extract import extract_split
+    from utils.features.extract import extract_split
 
     extract_split(rows, root, out, out.with_suffix(".skipped.csv"), workers=workers, device="cpu",
                   progress=False)
@@ -114,7 +114,7 @@ def child(args: argparse.Namespace) -> None:
         import librosa.filters  # noqa: F401  (the mel banks' source; the baseline's warm-up above loads it too)
         import torch  # noqa: F401
 
-        import utils.logmel_extract  # noqa: F401
+        import utils.features.extract  # noqa: F401
     import_s = time.perf_counter() - t0
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     if args.child.startswith("baseline"):
@@ -178,14 +178,14 @@ def profile(path: Path, repeats: int = 7) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from utils.audio import load_audio
-    from utils.logmel import logmel_librosa, logmel_numpy, logmel_torch
+    from utils.data.audio import load_audio
+    from utils.features.logmel import logmel_librosa, logmel_numpy, logmel_torch
 
     torch.set_num_threads(1)
     y, sr = load_audio(path)
     steps = {
         "decode: librosa.load": lambda: librosa.load(path, sr=None, mono=True),
-        "decode: utils.audio.load_audio": lambda: load_audio(path),
+        "decode: utils.data.audio.load_audio": lambda: load_audio(path),
         "formula: librosa melspectrogram (baseline)": lambda: logmel_librosa(y, sr),
         "formula: logmel_numpy, fft='scipy'": lambda: logmel_numpy(y, sr, fft="scipy"),
         "formula: logmel_numpy, fft='torch' (ours)": lambda: logmel_numpy(y, sr, fft="torch"),

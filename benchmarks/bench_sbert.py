@@ -29,9 +29,9 @@ from machine import (  # benchmarks/machine.py (this folder is on sys.path when 
     save_result,
 )
 
-from utils.devices import resolve_device
-from utils.sbert import encode, load_sbert, resolve_model_path
-from utils.sbert_download import MPNET_NAME
+from utils.base.devices import resolve_device
+from utils.text.sbert import encode, load_sbert, resolve_model_path
+from utils.text.sbert_download import MPNET_NAME
 
 SUBJECTS = ["a dog", "a man", "a woman", "children", "a car", "a train", "birds", "a crowd", "water", "the wind",
             "an engine", "a door", "rain", "a bell", "a machine", "footsteps", "a truck", "a cat", "waves", "thunder"]

@@ -6,13 +6,13 @@ Synthetic, Clotho-shaped inputs: 1045 clips x 5225 captions (5 per clip), 768-d 
 300-d joint space, log-mels of 750-1500 frames x 64 (15-30 s clips).
 
 1. Scoring stage, from the clips' audio embeddings and the captions' SBERT vectors to the full score matrix:
-   ours (one batched text-branch call + one matmul, as utils.scoring.score_split) vs a re-implementation of
+   ours (one batched text-branch call + one matmul, as utils.evaluation.scoring.score_split) vs a re-implementation of
    the baseline's loop (one text-branch call and one score per (caption, clip) pair). The loop is timed on a
    random sample of pairs and extrapolated linearly to all 5.46 M pairs.
-2. End to end with the CNN14 audio encoder: ours (utils.inference.embed_audio, clips batched by length) vs
+2. End to end with the CNN14 audio encoder: ours (utils.evaluation.embedding.embed_audio, clips batched by length) vs
    the baseline (one clip at a time, then the per-pair loop). The audio encoders are timed on a subset of clips
    at evenly spaced length quantiles (so it is as long as Clotho's on average) and extrapolated by total frames; width 1.0 (the real CNN14) and 0.125.
-3. Search latency per query on a 5000-clip index (utils.search.Retriever): cached-index load + refresh,
+3. Search latency per query on a 5000-clip index (utils.search.retriever.Retriever): cached-index load + refresh,
    caption embedding (all-MiniLM-L6-v2 + projection, when installed), exact numpy top-10, FAISS top-10.
 
 Prints a markdown table and writes JSON to benchmarks/results/bench_scores_<device>.json (git-ignored).
@@ -39,13 +39,13 @@ from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.pat
 from models.audio_encoders import CNN14Encoder
 from models.core import DualEncoderModel
 from models.text_encoders import SentBERTBaseEncoder
-from utils import inference
-from utils.config import Config, to_dict
-from utils.devices import one_thread, resolve_device
-from utils.inference import TEXT_VECTOR_BATCH, amp_dtype, embed_audio, embed_text
-from utils.metrics import top_k
-from utils.search import Retriever
-from utils.search_index import FolderIndex, scan_audio_files
+from utils.base.config import Config, to_dict
+from utils.base.devices import amp_dtype, one_thread, resolve_device
+from utils.evaluation import embedding
+from utils.evaluation.embedding import TEXT_VECTOR_BATCH, embed_audio, embed_text
+from utils.evaluation.metrics import top_k
+from utils.search.index import FolderIndex, scan_audio_files
+from utils.search.retriever import Retriever
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -191,7 +191,7 @@ def clotho_like_subset(lengths: np.ndarray, size: int) -> np.ndarray:
 def bench_end_to_end(args, device, dtype, rng, width: float, subset: int, scoring: dict) -> dict:
     """Audio encoders timed on ``subset`` clips, extrapolated to ``args.clips`` by total frames; plus section 1.
 
-    Also times ours without the CPU frame cap (``utils.inference.CPU_BATCH_FRAMES``), as before the cap.
+    Also times ours without the CPU frame cap (``utils.evaluation.embedding.CPU_BATCH_FRAMES``), as before the cap.
     """
     model = build_model(width, args.text_dim, args.out_dim, device)
     lengths = rng.integers(750, 1501, size=args.clips)  # frames of 15-30 s clips at a 20 ms hop
@@ -203,12 +203,12 @@ def bench_end_to_end(args, device, dtype, rng, width: float, subset: int, scorin
         return embed_audio(model, lambda k: feats[k], [f.shape[0] for f in feats], batch, device, dtype)
 
     def uncapped():
-        cap = inference.CPU_BATCH_FRAMES
-        inference.CPU_BATCH_FRAMES = 1 << 40  # no cap: batches of up to `batch` clips
+        cap = embedding.CPU_BATCH_FRAMES
+        embedding.CPU_BATCH_FRAMES = 1 << 40  # no cap: batches of up to `batch` clips
         try:
             return ours()
         finally:
-            inference.CPU_BATCH_FRAMES = cap
+            embedding.CPU_BATCH_FRAMES = cap
 
     t = timed_round_robin({"ours": ours, "uncapped": uncapped, "naive": lambda: naive_audio(model, feats, device)},
                           device, repeats=args.e2e_repeats)

@@ -42,10 +42,10 @@ import yaml
 from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 from models.core import build_model
-from utils.browser import find_chromium, start_chromium
-from utils.config import load_config, to_dict
-from utils.search import Retriever
-from utils.search_index import FolderIndex, scan_audio_files
+from utils.base.config import load_config, to_dict
+from utils.search.browser import find_chromium, start_chromium
+from utils.search.index import FolderIndex, scan_audio_files
+from utils.search.retriever import Retriever
 
 ROOT = Path(__file__).resolve().parent.parent
 

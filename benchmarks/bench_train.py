@@ -13,7 +13,7 @@ temporary HDF5 first. What differs is the loop around it:
   pinned memory over a Dataset that reads ``h5[fid][()]`` per item; a collate that pads with a Python loop
   of ``F.pad``; fp32; a loss with a Python loop over the batch; then, every epoch, three extra forward passes
   (model.eval, no_grad, batch 32, same loss) over the training, validation and evaluation pairs.
-* **ours**: ``utils.train_setup.setup_training`` and ``utils.train_utils`` as ``main.py`` runs them: ``make_loader`` /
+* **ours**: ``utils.training.setup.setup_training`` and ``utils.training.loop`` as ``main.py`` runs them: ``make_loader`` /
   ``train_one_epoch`` / ``validate``
   (each validation clip and caption embedded once, then the loss and retrieval metrics), with bf16 autocast,
   channels_last, DataLoader workers and pinned memory on CUDA, fp32 on CPU.
@@ -47,15 +47,14 @@ from machine import cpu_name  # benchmarks/machine.py (this folder is on sys.pat
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from models.core import build_model
-from utils.config import Config, from_dict, to_dict
-from utils.data_utils import LogmelStore, SplitData
-from utils.ddp import Dist
-from utils.devices import resolve_device
-from utils.inference import use_channels_last
-from utils.infonce import info_nce
+from utils.base.config import Config, from_dict, to_dict
+from utils.base.devices import resolve_device, use_channels_last
+from utils.data.datasets import LogmelStore, SplitData
 from utils.runs import git_commit
-from utils.train_setup import TrainData, make_loader, setup_training
-from utils.train_utils import train_one_epoch, validate
+from utils.training.ddp import Dist
+from utils.training.infonce import info_nce
+from utils.training.loop import train_one_epoch, validate
+from utils.training.setup import TrainData, make_loader, setup_training
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SPLITS = ("development", "validation", "evaluation")  # train, validation, evaluation
@@ -133,7 +132,7 @@ def text_vectors(data_dir: Path, split: str) -> np.ndarray:
 
 
 def load_split_data(data_dir: Path, split: str, n_clips: int, in_memory: bool) -> SplitData:
-    """Our :class:`SplitData` over the synthetic files (what ``utils.data_utils.load_split`` returns)."""
+    """Our :class:`SplitData` over the synthetic files (what ``utils.data.datasets.load_split`` returns)."""
     rows = caption_rows(split, n_clips)
     store = LogmelStore(data_dir / f"{split}_audio_logmels.hdf5", in_memory=in_memory)
     text_to_audio = np.repeat(np.arange(n_clips), CAPTIONS_PER_CLIP)
@@ -240,7 +239,7 @@ def naive_eval(model, loader, criterion, device, max_batches: int = 0) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Apples to apples: the naive loop's loss equals utils.infonce.info_nce
+# Apples to apples: the naive loop's loss equals utils.training.infonce.info_nce
 # --------------------------------------------------------------------------------------------
 
 

@@ -5,9 +5,9 @@
 
 Steps (each one's status, figures and seconds go into one JSON, plus a Markdown block for BENCHMARKS.md):
 
-1. ``gpu_tests``: the suite's ``gpu``-marked tests (the CUDA half of tests/test_gpu_paths.py and others);
-   the dry run runs the CPU half of tests/test_gpu_paths.py instead, with the resumes ``make test`` skips.
-2. ``stage2``: stage 2 (``utils.logmel_extract.extract_split``) with ``--device cuda`` against the CPU path on 50
+1. ``gpu_tests``: the suite's ``gpu``-marked tests (the CUDA half of tests/training/test_gpu_paths.py and others);
+   the dry run runs the CPU half of tests/training/test_gpu_paths.py instead, with the resumes ``make test`` skips.
+2. ``stage2``: stage 2 (``utils.features.extract.extract_split``) with ``--device cuda`` against the CPU path on 50
    synthetic clips; the largest absolute difference of the log-mels.
 3. ``amp_curves``: 100 training steps in fp32 and in bf16 from the same initial weights on the same batches of
    Clotho-shaped synthetic data (15-30 s clips, 768-d text vectors); max / mean relative difference per step.
@@ -45,13 +45,13 @@ from bench_train import BATCH_SIZE, FRAMES, N_MELS, TEXT_DIM, Sizes, load_split_
 from machine import cpu_name
 
 from models.core import build_model
-from utils.config import Config, from_dict, to_dict
-from utils.data_utils import PairDataset, collate_pairs
-from utils.inference import amp_dtype, autocast
-from utils.infonce import info_nce
-from utils.logmel_extract import extract_split
+from utils.base.config import Config, from_dict, to_dict
+from utils.base.devices import amp_dtype, autocast
+from utils.data.datasets import PairDataset, collate_pairs
+from utils.features.extract import extract_split
 from utils.runs import git_commit
-from utils.train_setup import build_optimizer
+from utils.training.infonce import info_nce
+from utils.training.setup import build_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -93,7 +93,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                                        "--naive-pairs", "200", "--subset-w1", "1", "--subset-small", "2",
                                        "--index-clips", "100", "--queries", "5"],
                     memory_width=0.125, memory_frames=48, memory_max_batch=64,
-                    gpu_test_args=["tests/test_gpu_paths.py", "-k", "not kill_and_resume"])  # kill: step 4
+                    gpu_test_args=["tests/training/test_gpu_paths.py", "-k", "not kill_and_resume"])  # kill: step 4
     n = args.max_steps
     return Plan(device="cuda", stage2_clips=50, stage2_seconds=30.0, amp_steps=args.amp_steps, amp_width=1.0,
                 amp_clips=64, amp_batch=BATCH_SIZE, amp_frames=0,
@@ -123,7 +123,7 @@ def pytest_counts(output: str) -> dict[str, int]:
 
 def step_gpu_tests(plan: Plan, work: Path) -> dict:
     proc = run_script(["-m", "pytest", "-q", "-p", "no:cacheprovider", *plan.gpu_test_args], timeout=480,
-                      GPU_CHECK_DRY_RUN="1")  # CPU cases resume too (tests/test_gpu_paths.py)
+                      GPU_CHECK_DRY_RUN="1")  # CPU cases resume too (tests/training/test_gpu_paths.py)
     counts = pytest_counts(proc.stdout)
     ok = proc.returncode == 0 and not counts.get("failed") and not counts.get("error")
     if plan.device == "cuda":
@@ -190,7 +190,7 @@ def step_amp_curves(plan: Plan, work: Path) -> dict:
 
 
 def step_kill_resume(plan: Plan, work: Path) -> dict:
-    test = f"tests/test_gpu_paths.py::test_kill_and_resume_on_device[{plan.device}]"
+    test = f"tests/training/test_gpu_paths.py::test_kill_and_resume_on_device[{plan.device}]"
     proc = run_script(["-m", "pytest", "-q", "-p", "no:cacheprovider", test], timeout=300,
                       GPU_CHECK_DRY_RUN="1")  # the CPU case is skipped in `make test` (test_train.py has one)
     counts = pytest_counts(proc.stdout)

@@ -3,7 +3,7 @@
 :class:`CNN14Encoder` is the DCASE 2023 Task 6B baseline's audio encoder: the PANNs CNN14 body
 (Kong et al., 2020) with a new linear projection. Its submodules carry the PANNs names (``bn0``,
 ``conv_block1..6.{conv1,bn1,conv2,bn2}``, ``fc1``), so the pretrained weights transfer by name
-(``utils/cnn14_transfer.py``, stage 4); only the projection ``fc2`` is new.
+(``utils/pretrained/cnn14_transfer.py``, stage 4); only the projection ``fc2`` is new.
 
 Build encoders through :func:`build_audio_encoder` (``conf.model.audio_enc.name``).
 """
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.config import ConfigError
-from utils.errors import DataError
-from utils.fileio import read_torch_file
+from utils.base.config import ConfigError
+from utils.base.errors import DataError
+from utils.base.fileio import read_torch_file
 
 CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)  # output channels of conv blocks 1..6 at width 1.0
 MIN_FRAMES = 2 ** len(CNN14_CHANNELS)  # six 2x2 poolings need >= 64 frames (and >= 64 mel bands)

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from models.audio_encoders import build_audio_encoder
 from models.text_encoders import build_text_encoder
-from utils.config import Config, ConfigError
-from utils.sbert import resolve_model_path
+from utils.base.config import Config, ConfigError
+from utils.text.sbert import resolve_model_path
 
 
 class DualEncoderModel(nn.Module):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from utils.config import ConfigError
-from utils.sbert import load_sbert
+from utils.base.config import ConfigError
+from utils.text.sbert import load_sbert
 
 
 def _init_linear(layer: nn.Linear) -> nn.Linear:
@@ -33,7 +33,7 @@ class SentenceTransformerEncoder(nn.Module):
     """Beyond the baseline: fine-tune a sentence-transformers model end to end, then project.
 
     Args:
-        model_path: a sentence-transformers model directory (see ``utils.sbert.resolve_model_path``).
+        model_path: a sentence-transformers model directory (see ``utils.text.sbert.resolve_model_path``).
         out_dim: output size.
         max_seq_length: tokens kept per caption.
     """

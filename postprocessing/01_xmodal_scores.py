@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import time
 
+from utils.base.fileio import ensure_writable
 from utils.cli import add_run_args, make_parser, run, run_dir_of
-from utils.fileio import ensure_writable
+from utils.evaluation.scoring import (
+    eval_config,
+    load_split_inputs,
+    score_split,
+    splits_to_score,
+    write_scores,
+)
 from utils.runs import eval_file, load_run, run_file
-from utils.scoring import eval_config, load_split_inputs, score_split, splits_to_score, write_scores
 
 
 def main(args, conf) -> None:

@@ -7,7 +7,7 @@ writes to RUN_DIR/eval/:
     <split>.t2a_submission.csv   DCASE 2023 format: caption,file_name_1,...,file_name_10 (best first)
     <split>.t2a_submission_top<k>.csv   the same with k = eval.top_k files (when k != 10)
     <split>_metrics.json         {"t2a": {mAP@10, R@1, R@5, R@10}, "a2t": {...}, "definitions": {...}}
-                                 (utils.metrics; k from eval.map_k / eval.recall_ks; t2a from data.relevance if set)
+                                 (utils.evaluation.metrics; k from eval.map_k / eval.recall_ks; t2a from data.relevance if set)
     <split>_ranks.csv, .png      rank of each caption's true clip, and its histogram
 Query splits (data.query_splits: no ground truth) get the submission only.
 """
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from utils.base.fileio import ensure_writable
 from utils.cli import add_run_args, make_parser, run, run_dir_of
-from utils.evaluation import evaluate_split
-from utils.fileio import ensure_writable
-from utils.metrics import format_table
+from utils.evaluation.metrics import format_table
+from utils.evaluation.retrieval import evaluate_split
+from utils.evaluation.scoring import read_scores, splits_to_score
 from utils.runs import eval_file, run_file
-from utils.scoring import read_scores, splits_to_score
 
 
 def chance_line(n_clips: int) -> str:

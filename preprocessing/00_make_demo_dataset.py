@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from utils.cli import make_parser, run
-from utils.cnn14_transfer import write_stand_in_checkpoint
 from utils.demo.dataset import demo_dataset_complete, make_demo_dataset
+from utils.pretrained.cnn14_transfer import write_stand_in_checkpoint
 
 
 def write_stand_in(conf) -> None:

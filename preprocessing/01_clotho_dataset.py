@@ -3,7 +3,7 @@
     python preprocessing/01_clotho_dataset.py --conf conf.yaml [--set data.dataset_dir=DIR]
 
 Splits of data.sources in the 'pairs' format (own data: a CSV of file_name,caption rows) are read by
-utils/pairs.py, with the same stable IDs and skip reports.
+utils/data/pairs.py, with the same stable IDs and skip reports.
 
 Clips that are missing, empty or unreadable go to <work_dir>/<split>_skipped.csv with the reason;
 the run continues. Per-split statistics are printed and saved to <work_dir>/dataset_stats.json.
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 
-from utils import paths
+from utils.base import paths
+from utils.base.tables import AUDIO_COLUMNS, SKIPPED_COLUMNS, TEXT_COLUMNS, write_rows
 from utils.cli import make_parser, run
-from utils.clotho import overall_vocabulary, split_stats
-from utils.pairs import build_split
-from utils.tables import AUDIO_COLUMNS, SKIPPED_COLUMNS, TEXT_COLUMNS, write_rows
+from utils.data.clotho import overall_vocabulary, split_stats
+from utils.data.pairs import build_split
 
 
 def main(args, conf) -> None:

@@ -2,7 +2,7 @@
 
     python preprocessing/02_audio_logmel.py --conf conf.yaml [--workers N] [--device cpu|cuda] [--splits S ...]
 
-One (T, 64) float32 dataset per fid (the baseline's formula, see utils/logmel.py). Resumable: stop it
+One (T, 64) float32 dataset per fid (the baseline's formula, see utils/features/logmel.py). Resumable: stop it
 at any point and rerun the same command; finished clips are kept. Unreadable clips are added to
 <work_dir>/<split>_skipped.csv and the run continues.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from utils import paths
+from utils.base import paths
+from utils.base.config import ConfigError
+from utils.base.tables import read_audio_table
 from utils.cli import make_parser, run
-from utils.config import ConfigError
-from utils.logmel_extract import extract_split
-from utils.tables import read_audio_table
+from utils.features.extract import extract_split
 
 parser = make_parser("Stage 2: log-mel spectrograms of every split's clips (resumable).")
 parser.add_argument("--workers", type=int, default=None,

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from utils import paths
+from utils.base import paths
+from utils.base.config import Config
+from utils.base.devices import resolve_device
+from utils.base.tables import read_text_table
 from utils.cli import make_parser, run
-from utils.config import Config
-from utils.devices import resolve_device
-from utils.sbert import encode, load_sbert, resolve_model_path
-from utils.tables import read_text_table
-from utils.text_embeddings import embedding_dim, update_text_embeddings
+from utils.data.caption_vectors import embedding_dim, update_text_embeddings
+from utils.text.sbert import encode, load_sbert, resolve_model_path
 
 parser = make_parser("Stage 3: Sentence-BERT embeddings of every caption (one HDF5 file in work_dir).")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+from utils.base.config import Config, ConfigError
 from utils.cli import make_parser, run
-from utils.cnn14_transfer import save_cnn14_weights, summary, transfer_panns
-from utils.config import Config, ConfigError
+from utils.pretrained.cnn14_transfer import save_cnn14_weights, summary, transfer_panns
 
 parser = make_parser("Stage 4: PANNs CNN14 checkpoint -> CNN14Encoder weights.")
 parser.add_argument("--checkpoint", default=None, help="PANNs checkpoint (default: conf.pretrained.panns_checkpoint)")

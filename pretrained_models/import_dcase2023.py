@@ -6,16 +6,16 @@
 --checkpoint: the baseline's training checkpoint -> RUN_DIR, a run directory that postprocessing/01-02,
 search.py and Retriever.from_run use like one made by main.py (checkpoints/best.pt).
 --audio-encoder: the baseline's audio_encoder.pth -> FILE.pth, usable as pretrained.cnn14_weights to start
-training from the baseline's fine-tuned CNN14 instead of PANNs. The logic lives in utils/dcase2023_import.py.
+training from the baseline's fine-tuned CNN14 instead of PANNs. The logic lives in utils/pretrained/dcase2023_import.py.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from utils.base.config import Config
 from utils.cli import make_parser, run
-from utils.config import Config
-from utils.dcase2023_import import import_audio_encoder, import_checkpoint
+from utils.pretrained.dcase2023_import import import_audio_encoder, import_checkpoint
 
 
 def main(args: argparse.Namespace, conf: Config) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.tables import AUDIO_COLUMNS, TEXT_COLUMNS, write_rows
-from utils.text_embeddings import update_text_embeddings
+from utils.base.tables import AUDIO_COLUMNS, TEXT_COLUMNS, write_rows
+from utils.data.caption_vectors import update_text_embeddings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

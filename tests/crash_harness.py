@@ -1,4 +1,4 @@
-"""Kill a script with SIGKILL at a chosen file rename, then rerun it: the fault injection of tests/test_faults.py.
+"""Kill a script with SIGKILL at a chosen file rename, then rerun it: the fault injection of tests/pipeline/test_faults.py.
 
     PYTHONPATH=. python tests/crash_harness.py RESULT_JSON NAME@K:CONF:RUN_DIR ... [--score RUN_DIR CONF]
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch  # noqa: F401  (imported once before forking: the children start fast)
 import torch._dynamo  # noqa: F401  (the first optimizer imports it: about 3 s in every child otherwise)
 
+import utils.evaluation.scoring  # noqa: F401
 import utils.runs  # noqa: F401
-import utils.scoring  # noqa: F401
-import utils.train_utils  # noqa: F401
+import utils.training.loop  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""A listening page on a tiny run, shared by tests/test_search_page.py and tests/test_search_browser.py.
+"""A listening page on a tiny run, shared by tests/search/test_search_page.py and tests/search/test_search_browser.py.
 
 The run has random weights and the synthetic text model, so its captions are mapped here to known vectors:
 each caption in ``CAPTIONS`` is embedded as exactly its clip's audio embedding (the clip the search must find
@@ -14,9 +14,9 @@ import soundfile as sf
 from test_postprocessing import make_run_dir, tiny_conf
 from test_search import tone, write_folder
 
-from utils.search import Retriever
-from utils.search_page_state import PageState, open_page
-from utils.tables import TEXT_COLUMNS, write_rows
+from utils.base.tables import TEXT_COLUMNS, write_rows
+from utils.search.page_state import PageState, open_page
+from utils.search.retriever import Retriever
 
 CAPTIONS = {  # caption -> the clip it describes
     "a low hum": "low.wav",

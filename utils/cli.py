@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from utils.config import Config, load_config
-from utils.errors import PipelineError
+from utils.base.config import Config, load_config
+from utils.base.errors import PipelineError
 from utils.runs import config_file
 
 DEFAULT_CONF = "conf.yaml"
@@ -59,7 +59,7 @@ def call(main: Callable[..., object], parser: argparse.ArgumentParser, argv: lis
          interrupted: str = RESUME_HINT) -> int:
     """Parse ``argv``, then ``main(args, conf)`` (a parser from :func:`make_parser`) or ``main(args)``.
 
-    Returns the exit status: 0; 2 after a :class:`~utils.errors.PipelineError` (bad config, unknown registry
+    Returns the exit status: 0; 2 after a :class:`~utils.base.errors.PipelineError` (bad config, unknown registry
     name, missing or inconsistent data), printed as one line ``error: ...`` instead of a traceback; 130 after
     Ctrl-C, printing ``interrupted``.
     """

@@ -1,5 +1,5 @@
-"""Kept for outside checks that import ``utils.criterion_utils.info_nce``; the loss lives in :mod:`utils.infonce`."""
+"""Kept for outside checks that import ``utils.criterion_utils.info_nce``; the loss lives in :mod:`utils.training.infonce`."""
 
-from utils.infonce import clip_codes, info_nce
+from utils.training.infonce import clip_codes, info_nce
 
 __all__ = ["clip_codes", "info_nce"]

@@ -1,9 +1,9 @@
 """The run directory: its layout, the checkpoint dict, the run record, and loading a trained run.
 
-Training (:mod:`utils.train_utils`) writes a run; scoring (:mod:`utils.scoring`, :mod:`utils.evaluation`) and
-search (:mod:`utils.search`) read it. All of them go through this module, never through each other::
+Training (:mod:`utils.training.loop`) writes a run; scoring (:mod:`utils.evaluation.scoring`, :mod:`utils.evaluation.retrieval`) and
+search (:mod:`utils.search.retriever`) read it. All of them go through this module, never through each other::
 
-    <run>/config.yaml               the resolved config (utils.config.to_dict)
+    <run>/config.yaml               the resolved config (utils.base.config.to_dict)
     <run>/run_info.json             seed, git commit, library versions, command, device, world size
     <run>/metrics.jsonl             one JSON line per finished epoch (exactly the epochs in last.pt)
     <run>/curves.png                loss and validation metrics per epoch
@@ -31,12 +31,11 @@ import torch
 import yaml
 
 from models.core import DualEncoderModel, build_model
-from utils.config import Config, from_dict, to_dict
-from utils.devices import resolve_device
-from utils.errors import DataError, PipelineError, warn
-from utils.fileio import read_torch_file, save_torch_file, write_text_atomic
-from utils.inference import amp_dtype
-from utils.text_files import load_yaml_mapping
+from utils.base.config import Config, from_dict, to_dict
+from utils.base.devices import amp_dtype, resolve_device
+from utils.base.errors import DataError, PipelineError, warn
+from utils.base.fileio import read_torch_file, save_torch_file, write_text_atomic
+from utils.base.text_files import load_yaml_mapping
 
 CHECKPOINTS = ("best", "last")
 VERSIONED_LIBRARIES = ("torch", "numpy", "h5py", "librosa", "soundfile", "sentence-transformers", "transformers")
@@ -116,7 +115,7 @@ def set_rng_state(state: dict) -> None:
 
 def last_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, conf: Config,
                     text_dim: int | None) -> dict:
-    """``last.pt``: everything :func:`utils.resume.resume` needs, as tensors and plain values."""
+    """``last.pt``: everything :func:`utils.training.resume.resume` needs, as tensors and plain values."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),

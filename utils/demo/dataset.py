@@ -28,13 +28,13 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from utils.config import CLOTHO_SPLITS, ConfigError
+from utils.base.config import CLOTHO_SPLITS, ConfigError
+from utils.base.errors import DataError
+from utils.base.fileio import atomic_write, write_text_atomic
 from utils.demo.captions import make_captions
 from utils.demo.names import plan_names
 from utils.demo.specs import ClipSpec, plan_specs
 from utils.demo.synth import synthesize_clip
-from utils.errors import DataError
-from utils.fileio import atomic_write, write_text_atomic
 
 MANIFEST = "demo_manifest.json"  # written last: its presence means the dataset is complete
 IN_PROGRESS = ".demo_in_progress.json"  # lists the files a running generation writes

@@ -1,0 +1,308 @@
+"""Postprocessing: score matrices (01), metrics / submission / ranks (02), on a tiny run made here."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from models.core import build_model
+from utils.base.config import Config, QuerySplitConf, to_dict
+from utils.base.errors import PipelineError
+from utils.base.tables import AUDIO_COLUMNS, TEXT_COLUMNS, read_text_table, write_rows
+from utils.data.caption_vectors import update_text_embeddings
+from utils.evaluation.metrics import t2a_ranks, top_k, xmodal_metrics
+from utils.evaluation.scoring import read_scores, write_scores
+from utils.runs import load_run
+from utils.search.retriever import Retriever
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT_DIM = 24  # size of the synthetic "SBERT" vectors
+N_MELS = 64
+
+
+def load_script(name: str):
+    """Import a numbered script (its file name is not a module name)."""
+    spec = importlib.util.spec_from_file_location(name.replace(".py", ""), ROOT / "postprocessing" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCORES = load_script("01_xmodal_scores.py")
+RETRIEVAL = load_script("02_xmodal_retrieval.py")
+
+
+def run_script(module, argv: list[str]) -> None:
+    module.run(module.main, module.parser, argv)
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny dataset and run
+# --------------------------------------------------------------------------------------------
+
+
+def fname_of(split: str, c: int) -> str:
+    """Original-looking Clotho names: commas, quotes, parentheses, spaces."""
+    return [f'clip {c}, "take" ({split}).wav', f"rain & wind #{c}.wav", f"plain_{c}.wav"][c % 3]
+
+
+def write_split(work: Path, split: str, n_clips: int, rng: np.random.Generator, paired: bool = True,
+                frames: tuple[int, int] = (64, 130), caps_per_clip: int = 2) -> list[dict]:
+    """Tables, features and SBERT vectors of one split; returns its caption rows."""
+    text_rows, audio_rows = [], []
+    with h5py.File(work / f"{split}_audio_logmels.hdf5", "w") as h5:
+        for c in range(n_clips):
+            fid = f"{split[:3]}_{c:04d}"
+            h5[fid] = rng.normal(size=(int(rng.integers(*frames)), N_MELS)).astype(np.float32)
+            fname = fname_of(split, c)
+            audio_rows.append({"fid": fid, "fname": fname, "path": f"{split}/{fname}", "duration": "2.0",
+                               "sample_rate": 16000})
+            if paired:
+                for k in range(1, caps_per_clip + 1):
+                    raw = f'Clip {c}, caption {k}: a "dog" barks' if k == 1 else f"caption {k} of clip {c}"
+                    text_rows.append({"tid": f"{fid}_{k}", "fid": fid, "fname": fname, "raw_text": raw,
+                                      "text": raw.lower()})
+    if not paired:
+        for q in range(2 * n_clips):
+            raw = f"query {q}, with a comma and \"quotes\""
+            text_rows.append({"tid": f"{split[:3]}_q{q:05d}", "fid": "", "fname": "", "raw_text": raw, "text": raw})
+    write_rows(work / f"{split}_text.csv", text_rows, TEXT_COLUMNS)
+    write_rows(work / f"{split}_audio.csv", audio_rows, AUDIO_COLUMNS)
+    vectors = rng.normal(size=(len(text_rows), TEXT_DIM)).astype(np.float32)
+    update_text_embeddings(work / "sbert_embeds.hdf5", {split: text_rows}, "synthetic", lambda texts: vectors)
+    return text_rows
+
+
+def tiny_conf(work: Path, run_dir: Path, text_model: str = "synthetic", out_dim: int = 16) -> Config:
+    conf = Config()
+    conf.data.dataset_dir = str(work)
+    conf.data.splits = ["evaluation"]
+    conf.data.eval_splits = ["evaluation"]
+    conf.data.query_splits = {"test": QuerySplitConf()}
+    conf.text.model = text_model
+    conf.model.audio_enc.width = 0.125
+    conf.model.audio_enc.init = "random"
+    conf.model.audio_enc.out_dim = out_dim
+    conf.model.text_enc.out_dim = out_dim
+    conf.train.device = "cpu"
+    conf.run.dir, conf.run.name = str(run_dir.parent), run_dir.name
+    return conf
+
+
+def make_run_dir(run_dir: Path, conf: Config, text_dim: int = TEXT_DIM, seed: int = 0) -> Path:
+    """A run directory as main.py leaves it: config.yaml and checkpoints/best.pt (random weights)."""
+    torch.manual_seed(seed)
+    model = build_model(conf, text_dim, load_prior=False)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode differs from identity
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "config": to_dict(conf), "text_dim": text_dim, "epoch": 3,
+                "val": {}}, run_dir / "checkpoints" / "best.pt")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(conf), sort_keys=False), encoding="utf-8")
+    return run_dir
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A work dir with a paired 'evaluation' split (12 clips x 2 captions) and a query split 'test'."""
+    rng = np.random.default_rng(0)
+    work = tmp_path / "work"
+    work.mkdir()
+    write_split(work, "evaluation", 12, rng)
+    write_split(work, "test", 11, rng, paired=False)
+    run_dir = tmp_path / "runs" / "tiny"
+    conf = tiny_conf(work, run_dir)
+    make_run_dir(run_dir, conf)
+    return work, run_dir, conf
+
+
+def direct_scores(run_dir: Path, work: Path, split: str, pairs: list[tuple[int, int]], text_ids, audio_ids):
+    """The scores of ``pairs`` (row, column) from single-item forward passes (no batching, no padding)."""
+    from utils.data.caption_vectors import load_text_embeddings
+
+    loaded = load_run(run_dir, "best", "cpu")
+    rows = read_text_table(work / f"{split}_text.csv")
+    vectors = load_text_embeddings(work / "sbert_embeds.hdf5", split, rows)
+    by_tid = {r["tid"]: i for i, r in enumerate(rows)}
+    audio, text = {}, {}
+    with h5py.File(work / f"{split}_audio_logmels.hdf5", "r") as h5, torch.no_grad():
+        for i, j in pairs:
+            if j not in audio:
+                audio[j] = loaded.model.audio_branch(torch.from_numpy(h5[audio_ids[j]][()])[None])[0]  # (E,)
+            if i not in text:
+                text[i] = loaded.model.text_branch(torch.from_numpy(vectors[by_tid[text_ids[i]]])[None])[0]  # (E,)
+    return np.array([float(audio[j] @ text[i]) for i, j in pairs])
+
+
+# --------------------------------------------------------------------------------------------
+# 01: scores
+# --------------------------------------------------------------------------------------------
+
+
+def test_scores_equal_a_direct_forward_pass(tiny):
+    work, run_dir, _ = tiny
+    run_script(SCORES, ["--run", str(run_dir), "--set", "eval.batch_size=1", "--splits", "evaluation"])
+    sf = read_scores(run_dir / "eval" / "evaluation_xmodal_scores.hdf5")
+    rows = read_text_table(work / "evaluation_text.csv")
+    assert sf.scores.dtype == np.float32 and sf.scores.shape == (24, 12)
+    assert sf.text_ids == [r["tid"] for r in rows]  # row i = caption i of the table
+    assert sf.audio_ids == [f"eva_{c:04d}" for c in range(12)]
+    pairs = [(0, 0), (5, 2), (23, 11), (7, 9), (12, 4)]
+    expected = direct_scores(run_dir, work, "evaluation", pairs, sf.text_ids, sf.audio_ids)
+    np.testing.assert_allclose([sf.scores[i, j] for i, j in pairs], expected, atol=1e-5)
+    assert not any(p.name.startswith(".") for p in (run_dir / "eval").iterdir()), "temp files left behind"
+
+    # Length-sorted batching of clips of 64-130 frames: zero-padding to the longest clip of a batch (as the
+    # baseline pads in training) moves the scores only a little.
+    run_script(SCORES, ["--run", str(run_dir), "--set", "eval.batch_size=5", "--splits", "evaluation"])
+    batched = read_scores(run_dir / "eval" / "evaluation_xmodal_scores.hdf5").scores
+    assert np.abs(batched - sf.scores).max() < 0.1
+    assert np.corrcoef(batched.ravel(), sf.scores.ravel())[0, 1] > 0.99
+
+
+def test_batching_is_exact_for_equal_length_clips(tmp_path):
+    rng = np.random.default_rng(1)
+    work = tmp_path / "work"
+    work.mkdir()
+    write_split(work, "evaluation", 7, rng, frames=(90, 91))  # every clip has 90 frames: no padding
+    run_dir = make_run_dir(tmp_path / "runs" / "r", tiny_conf(work, tmp_path / "runs" / "r"))
+    run_script(SCORES, ["--run", str(run_dir), "--set", "eval.batch_size=3", "--splits", "evaluation"])
+    sf = read_scores(run_dir / "eval" / "evaluation_xmodal_scores.hdf5")
+    pairs = [(i, j) for i in range(0, 14, 3) for j in range(7)]
+    expected = direct_scores(run_dir, work, "evaluation", pairs, sf.text_ids, sf.audio_ids)
+    np.testing.assert_allclose([sf.scores[i, j] for i, j in pairs], expected, atol=1e-5)
+
+
+def test_missing_features_name_the_file_and_stage(tiny, capsys):
+    work, run_dir, _ = tiny
+    (work / "evaluation_audio_logmels.hdf5").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(SCORES, ["--run", str(run_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "evaluation_audio_logmels.hdf5" in err and "02_audio_logmel.py" in err and err.startswith("error:")
+    assert not (run_dir / "eval" / "evaluation_xmodal_scores.hdf5").exists()
+
+
+def test_run_dir_without_checkpoint_is_a_clear_error(tiny, tmp_path, capsys):
+    work, _, conf = tiny
+    empty = tmp_path / "runs" / "untrained"
+    empty.mkdir(parents=True)
+    (empty / "config.yaml").write_text(yaml.safe_dump(to_dict(conf)))
+    with pytest.raises(PipelineError, match=r"no checkpoints/best.pt in .*untrained.*python main.py"):
+        Retriever.from_run(empty)
+    with pytest.raises(SystemExit):
+        run_script(SCORES, ["--run", str(empty)])
+    assert "no checkpoints/best.pt" in capsys.readouterr().err
+
+
+def test_score_file_write_is_atomic(tmp_path):
+    path = tmp_path / "eval" / "x_xmodal_scores.hdf5"
+    write_scores(path, np.ones((2, 3), np.float32), ["a", "b"], ["f1", "f2", "f3"])
+    with pytest.raises(TypeError):  # fails half-way through writing
+        write_scores(path, np.zeros((2, 3), np.float32), ["a", "b"], ["f1", "f2", "f3"], attrs={"bad": object()})
+    assert read_scores(path).scores.sum() == 6  # the previous complete file is untouched
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+# --------------------------------------------------------------------------------------------
+# 02: metrics, ranks, submission
+# --------------------------------------------------------------------------------------------
+
+
+def test_metrics_ranks_and_submission(tiny, capsys):
+    work, run_dir, _ = tiny
+    run_script(SCORES, ["--run", str(run_dir)])
+    run_script(RETRIEVAL, ["--run", str(run_dir)])
+    out = capsys.readouterr().out
+    ev = run_dir / "eval"
+    sf = read_scores(ev / "evaluation_xmodal_scores.hdf5")
+    rows = read_text_table(work / "evaluation_text.csv")
+    t2a = np.array([sf.audio_ids.index(r["fid"]) for r in rows])
+
+    metrics = json.loads((ev / "evaluation_metrics.json").read_text())
+    assert "fraction of the clip's captions found" in metrics.pop("definitions")["R@k"]
+    expected = xmodal_metrics(sf.scores, t2a)
+    assert metrics == expected and set(metrics["t2a"]) == {"mAP@10", "R@1", "R@5", "R@10"}
+    assert f"{expected['t2a']['mAP@10']:.4f}" in out and "a2t" in out
+    n_clips = len(sf.audio_ids)
+    assert f"R@1 = 1/{n_clips} = {1 / n_clips:.3f}" in out  # the chance line, after the metrics
+
+    with open(ev / "evaluation_ranks.csv", newline="") as f:
+        ranks = list(csv.DictReader(f))
+    assert [r["tid"] for r in ranks] == sf.text_ids and [r["fid"] for r in ranks] == [r["fid"] for r in rows]
+    assert [int(r["rank"]) for r in ranks] == t2a_ranks(sf.scores, t2a).tolist()
+    assert (ev / "evaluation_ranks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Submission: DCASE header, original captions and file names (commas, quotes), best first.
+    with open(ev / "evaluation.t2a_submission.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["caption"] + [f"file_name_{i}" for i in range(1, 11)]
+    assert len(table) == 1 + len(rows) and all(len(r) == 11 for r in table)
+    fid_of = {fname_of("evaluation", c): f"eva_{c:04d}" for c in range(12)}
+    for i, row in enumerate(table[1:]):
+        assert row[0] == rows[i]["raw_text"]
+        cols = [sf.audio_ids.index(fid_of[name]) for name in row[1:]]
+        assert cols == np.argsort(-sf.scores[i], kind="stable")[:10].tolist()
+    assert any('"' in r[0] and "," in r[0] for r in table[1:]) and any("," in n for r in table[1:] for n in r[1:])
+
+
+def test_id_mismatch_is_a_clear_error(tiny, capsys):
+    work, run_dir, _ = tiny
+    run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    rows = read_text_table(work / "evaluation_text.csv")
+    write_rows(work / "evaluation_text.csv", rows[1:] + rows[:1], TEXT_COLUMNS)  # another caption order
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(RETRIEVAL, ["--run", str(run_dir), "--splits", "evaluation"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "scores were made from another caption table; re-run" in err and "01_xmodal_scores.py" in err
+
+
+def test_query_split_gets_a_submission_and_no_metrics(tiny, capsys):
+    work, run_dir, _ = tiny
+    run_script(SCORES, ["--run", str(run_dir), "--splits", "test"])
+    sf = read_scores(run_dir / "eval" / "test_xmodal_scores.hdf5")
+    assert sf.scores.shape == (22, 11)  # every query x every clip of the audio table
+    run_script(RETRIEVAL, ["--run", str(run_dir), "--splits", "test"])
+    assert "no ground truth" in capsys.readouterr().out
+    ev = run_dir / "eval"
+    assert sorted(p.name for p in ev.iterdir()) == ["test.t2a_submission.csv", "test_xmodal_scores.hdf5"]
+    with open(ev / "test.t2a_submission.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.reader(f))
+    names = [fname_of("test", c) for c in range(11)]
+    assert table[0][:2] == ["caption", "file_name_1"] and len(table) == 23
+    for i, row in enumerate(table[1:]):
+        assert row[0] == read_text_table(work / "test_text.csv")[i]["raw_text"]
+        assert [names[j] for j in top_k(sf.scores[i], 10)] == row[1:]
+
+
+def test_conf_overrides_data_paths(tiny, tmp_path):
+    work, run_dir, _ = tiny
+    moved = tmp_path / "moved"
+    os.rename(work, moved)
+    with pytest.raises(SystemExit):  # the run's config still points at the old place
+        run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation", "--set", f"data.dataset_dir={moved}"])
+    assert read_scores(run_dir / "eval" / "evaluation_xmodal_scores.hdf5").scores.shape == (24, 12)
+
+
+def test_top_k_is_a_stable_descending_sort():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(40, 30)).astype(np.float32)  # many ties
+    for k in (1, 5, 10, 30, 50):
+        ref = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(top_k(scores, k), ref)
+        assert np.array_equal(top_k(scores[3], k), ref[3])
