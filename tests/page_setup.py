@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from test_postprocessing import make_run_dir, tiny_conf
-from test_search import tone, write_folder
+from builders import make_run_dir, tiny_conf, tone, write_folder
 
 from utils.base.tables import TEXT_COLUMNS, write_rows
 from utils.search.page_state import PageState, open_page

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from builders import TEXT_DIM, make_run_dir, tiny_conf
 
-from models.core import build_model
-from utils.base.config import Config, QuerySplitConf, to_dict
+from utils.base.config import to_dict
 from utils.base.errors import PipelineError
 from utils.base.tables import AUDIO_COLUMNS, TEXT_COLUMNS, read_text_table, write_rows
 from utils.data.caption_vectors import update_text_embeddings
@@ -25,7 +25,6 @@ from utils.runs import load_run
 from utils.search.retriever import Retriever
 
 ROOT = Path(__file__).resolve().parents[2]
-TEXT_DIM = 24  # size of the synthetic "SBERT" vectors
 N_MELS = 64
 
 
@@ -80,38 +79,6 @@ def write_split(work: Path, split: str, n_clips: int, rng: np.random.Generator, 
     vectors = rng.normal(size=(len(text_rows), TEXT_DIM)).astype(np.float32)
     update_text_embeddings(work / "sbert_embeds.hdf5", {split: text_rows}, "synthetic", lambda texts: vectors)
     return text_rows
-
-
-def tiny_conf(work: Path, run_dir: Path, text_model: str = "synthetic", out_dim: int = 16) -> Config:
-    conf = Config()
-    conf.data.dataset_dir = str(work)
-    conf.data.splits = ["evaluation"]
-    conf.data.eval_splits = ["evaluation"]
-    conf.data.query_splits = {"test": QuerySplitConf()}
-    conf.text.model = text_model
-    conf.model.audio_enc.width = 0.125
-    conf.model.audio_enc.init = "random"
-    conf.model.audio_enc.out_dim = out_dim
-    conf.model.text_enc.out_dim = out_dim
-    conf.train.device = "cpu"
-    conf.run.dir, conf.run.name = str(run_dir.parent), run_dir.name
-    return conf
-
-
-def make_run_dir(run_dir: Path, conf: Config, text_dim: int = TEXT_DIM, seed: int = 0) -> Path:
-    """A run directory as main.py leaves it: config.yaml and checkpoints/best.pt (random weights)."""
-    torch.manual_seed(seed)
-    model = build_model(conf, text_dim, load_prior=False)
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode differs from identity
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "config": to_dict(conf), "text_dim": text_dim, "epoch": 3,
-                "val": {}}, run_dir / "checkpoints" / "best.pt")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(conf), sort_keys=False), encoding="utf-8")
-    return run_dir
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_postprocessing import make_run_dir, tiny_conf
+from builders import load_search, make_run_dir, tiny_conf, tone, write_folder
 
 import utils.search.retriever as search_code
 from utils.base.errors import PipelineError
@@ -20,35 +19,6 @@ from utils.search.retriever import Retriever
 
 ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def load_search():
-    spec = importlib.util.spec_from_file_location("search_cli", ROOT / "search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def tone(freq: float, sr: int, seconds: float = 1.5, noise: float = 0.0, seed: int = 0) -> np.ndarray:
-    t = np.arange(int(sr * seconds)) / sr
-    y = 0.3 * np.sin(2 * np.pi * freq * t) + noise * np.random.default_rng(seed).normal(size=t.size)
-    return y.astype(np.float32)
-
-
-def write_folder(folder: Path) -> dict[str, Path]:
-    """Five clips of distinct content, rates and formats, one in a subfolder."""
-    (folder / "sub").mkdir(parents=True)
-    clips = {
-        "low.wav": (tone(150, 16000), 16000),
-        "high.wav": (tone(3000, 22050), 22050),
-        "noise.flac": (tone(500, 44100, noise=0.5, seed=1), 44100),
-        "sub/chirp.wav": (tone(900, 16000, seconds=2.0) * np.linspace(0, 1, 32000, dtype=np.float32), 16000),
-        "sub/mid.ogg": (tone(1200, 16000, noise=0.05, seed=2), 16000),
-    }
-    for rel, (y, sr) in clips.items():
-        sf.write(folder / rel, y, sr)
-    (folder / "notes.txt").write_text("not audio")
-    return {rel: folder / rel for rel in clips}
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 import pytest
 import soundfile as sf
+from builders import load_search, make_run_dir, tiny_conf, tone, write_folder
 from page_setup import CAPTIONS, build_page
-from test_postprocessing import make_run_dir, tiny_conf
-from test_search import load_search, tone, write_folder
 
 from utils.base.errors import PipelineError
 from utils.features.logmel import logmel

@@ -1,7 +1,6 @@
 """DistributedDataParallel on CPU with the gloo backend, as real multi-process runs."""
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -9,16 +8,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from builders import free_port
 from conftest import ROOT, write_config
 
 from utils.training.ddp import Dist, gather_batch
 from utils.training.infonce import info_nce
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _global_batch_grad(rank, world, init_file, audio, text, clips, out_dir):

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from builders import free_port
 from conftest import ROOT, make_work_dir, write_config
 from devices import (
     DEVICES,
@@ -252,7 +253,6 @@ def test_workers_keep_one_hdf5_handle_each(tiny_work, tmp_path):
 
 
 def _torchrun(conf_path):
-    from test_ddp import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(ROOT / "main.py"), "--conf", str(conf_path)]
