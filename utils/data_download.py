@@ -185,8 +185,12 @@ def prepare_split(dataset_dir: Path, split: str, source: Source, keep_archives: 
 # --------------------------------------------------------------------------------------------
 
 
-def gigabytes(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
+def human_bytes(n: int) -> str:
+    """``4.5 GB``, ``12.3 MB``, ``8.0 kB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e3:.1f} kB"
 
 
 def _existing(path: Path) -> Path:
@@ -208,9 +212,9 @@ def check_free_space(needs: dict[Path, int], what: str) -> list[str]:
     for root, need in disks.values():
         free = shutil.disk_usage(root).free
         if need > free:
-            raise DataError(f"not enough free disk space for {what} at {root}: needs about {gigabytes(need)}, "
-                            f"{gigabytes(free)} free; free some space or choose another folder (data.dataset_dir)")
-        lines.append(f"{what}: needs about {gigabytes(need)} at {root} ({gigabytes(free)} free)")
+            raise DataError(f"not enough free disk space for {what} at {root}: needs about {human_bytes(need)}, "
+                            f"{human_bytes(free)} free; free some space or choose another folder (data.dataset_dir)")
+        lines.append(f"{what}: needs about {human_bytes(need)} at {root} ({human_bytes(free)} free)")
     return lines
 
 

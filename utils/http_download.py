@@ -143,9 +143,12 @@ def fetch(url: str, dest: Path, expected: Expected, timeout: float = TIMEOUT_S, 
 
 def _stream(url: str, response: http.client.HTTPResponse, part: Path, start: int, total: int | None,
             progress: bool, name: str, timeout: float) -> None:
-    """Append the response body to ``part`` (or rewrite it when ``start`` is 0), with a bytes/speed bar."""
+    """Append the response body to ``part`` (or rewrite it when ``start`` is 0), with a bytes/speed bar.
+
+    Unbuffered: every chunk read is on disk (in the OS) before the next read, so a kill loses nothing fetched.
+    """
     written = start
-    with open(part, "ab" if start else "wb") as out, tqdm(
+    with open(part, "ab" if start else "wb", buffering=0) as out, tqdm(
             total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
             disable=not progress, file=sys.stderr) as bar:
         while True:
@@ -156,7 +159,9 @@ def _stream(url: str, response: http.client.HTTPResponse, part: Path, start: int
             if not chunk:
                 break
             try:
-                out.write(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[out.write(view):]
             except OSError as err:
                 raise PipelineError(f"cannot write {part} ({err.strerror or err}); free some space or make it "
                                     f"writable, then {RESUME}") from err
