@@ -296,6 +296,19 @@ def test_corrupted_byte_is_refused_and_nothing_has_the_final_name(tmp_path, serv
     assert wavs_in(tmp_path / "Clotho" / "development") == set(CLIPS["development"])
 
 
+def test_damaged_file_already_in_place_is_moved_aside_then_fetched_again(tmp_path, server, capsys):
+    args = argv(tmp_path, server, "--splits", "development")
+    assert call(DOWNLOAD.main, DOWNLOAD.parser, args) == 0
+    table = tmp_path / "Clotho" / "clotho_captions_development.csv"
+    table.write_bytes(table.read_bytes().replace(b"sound", b"s0und"))
+    assert call(DOWNLOAD.main, DOWNLOAD.parser, args) == 2
+    err = capsys.readouterr().err
+    assert f"MD5 {md5(table.with_suffix('.csv.bad').read_bytes())}, expected {md5(server.files[table.name])}" in err
+    assert not table.exists()
+    assert call(DOWNLOAD.main, DOWNLOAD.parser, args) == 0
+    assert table.read_bytes() == server.files[table.name]
+
+
 def test_from_folder_needs_no_server(tmp_path, server, monkeypatch, capsys):
     given = tmp_path / "browser_downloads"
     given.mkdir()
