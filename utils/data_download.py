@@ -227,20 +227,23 @@ def download_size(f: RemoteFile, dest: Path, source: Source) -> int:
     return max(0, size - (part.stat().st_size if part.exists() else 0))
 
 
-def space_needed(dataset_dir: Path, splits: list[str], source: Source,
+def space_needed(dataset_dir: Path, splits: list[str], source: Source, keep_archives: bool,
                  extra: list[tuple[RemoteFile, Path]]) -> dict[Path, int]:
-    """Bytes each target folder will receive: downloads left plus the wav files of unfinished splits."""
-    needs = {dataset_dir: 0}
+    """The most bytes each target folder holds at once during the download: splits are done in turn, and
+    (without ``keep_archives``) a split's archive is deleted once extracted, before the next is fetched."""
+    kept = peak = 0  # bytes that stay (tables, wavs, kept archives); the most on disk at any moment
     for split in splits:
         files = SPLITS[split]
-        needs[dataset_dir] += sum(download_size(t, dataset_dir / t.name, source) for t in files.tables)
+        kept += sum(download_size(t, dataset_dir / t.name, source) for t in files.tables)
         if split_done(dataset_dir, files) or (dataset_dir / files.folder).is_dir():
             continue
         archive = dataset_dir / ARCHIVES / files.archive.name
         fetched = download_size(files.archive, archive, source)
         have = source.given(files.archive) or (archive if archive.is_file() else None)
-        size = have.stat().st_size if have else fetched
-        needs[dataset_dir] += fetched + int(size * EXTRACT_RATIO)
+        wavs = int((have.stat().st_size if have else fetched) * EXTRACT_RATIO)
+        peak = max(peak, kept + fetched + wavs)
+        kept += wavs + (fetched if keep_archives else 0)
+    needs = {dataset_dir: max(peak, kept)}
     for f, dest in extra:
         needs[dest.parent] = needs.get(dest.parent, 0) + download_size(f, dest, source)
     return needs
@@ -267,7 +270,7 @@ def download(dataset_dir: Path, splits: list[str], source: Source, keep_archives
         raise DataError(f"unknown split(s) {unknown}; choose from {list(SPLITS)}")
     weights = [(PANNS, panns)] if panns else []
     with download_lock(dataset_dir):
-        report = check_free_space(space_needed(dataset_dir, splits, source, weights + (extra or [])),
+        report = check_free_space(space_needed(dataset_dir, splits, source, keep_archives, weights + (extra or [])),
                                   "this download")
         print("\n".join(report))
         for split in splits:
