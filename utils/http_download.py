@@ -192,4 +192,5 @@ def _network_error(url: str, err: BaseException, part: Path | None = None, writt
     reason = getattr(err, "reason", None) or err
     got = f" after {written:,} of {total:,} bytes" if written is not None and total else ""
     kept = f" (kept in {part})" if part is not None and part.exists() and part.stat().st_size else ""
-    return DownloadError(f"download of {url} failed{got}: {type(err).__name__}: {reason}; {RESUME}{kept}")
+    return DownloadError(f"download of {url} failed{got}: {type(err).__name__}: {reason}; check the connection "
+                         f"(or use --mirror URL / --from DIR), then {RESUME}{kept}")
