@@ -62,6 +62,7 @@ def load_script(path: str):
 
 DOWNLOAD = load_script("preprocessing/00_download_clotho.py")
 STAGE1 = load_script("preprocessing/01_clotho_dataset.py")
+REPORT = load_script("postprocessing/03_baseline_report.py")
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,6 +430,33 @@ def test_released_weights_record_sha256_then_verify(tmp_path, server, capsys):
     assert (folder / "audio_encoder.pth.bad").is_file() and not (folder / "audio_encoder.pth").exists()
 
 
+def test_released_flag_fetches_records_and_imports_once(tmp_path, server, monkeypatch, capsys):
+    server.files.update({"checkpoint": b"model and optimizer" * 50, "audio_encoder.pth": b"cnn14" * 80})
+    imported = []
+
+    def fake_import(conf, checkpoint, run_dir):  # the import itself: tests/test_import_dcase2023.py
+        imported.append(Path(checkpoint).read_bytes())
+        best = Path(run_dir) / "checkpoints" / "best.pt"
+        best.parent.mkdir(parents=True)
+        best.write_bytes(b"")
+        return best
+
+    monkeypatch.setattr(DOWNLOAD, "import_checkpoint", fake_import)
+    run_dir = tmp_path / "runs" / "dcase2023"
+    args = argv(tmp_path, server, "--splits", "evaluation", "--released", "--released-dir", str(tmp_path / "dcase"),
+                "--released-run", str(run_dir))
+    assert call(DOWNLOAD.main, DOWNLOAD.parser, args) == 0
+    assert imported == [server.files["checkpoint"]] and (tmp_path / "dcase" / SUMS_FILE).is_file()
+    capsys.readouterr()
+    server.log.clear()
+    assert call(DOWNLOAD.main, DOWNLOAD.parser, args) == 0  # verified against the record, not fetched nor imported
+    assert "already imported; skipped" in capsys.readouterr().out and len(imported) == 1
+    assert [r for r in server.log if r.method == "GET"] == []
+    (run_dir / "checkpoints" / "best.pt").unlink()  # an import killed half-way is not mistaken for done
+    assert call(DOWNLOAD.main, DOWNLOAD.parser, args) == 2
+    assert "exists without checkpoints/best.pt" in capsys.readouterr().err
+
+
 def test_checksums_file_format(tmp_path):
     path = tmp_path / "sums.md5"
     path.write_text(f"# made by md5sum\n{'a' * 32}  {ARCHIVE}\n\n{'B' * 32} *Cnn14_mAP=0.431.pth\n")
@@ -454,7 +482,7 @@ def test_mismatch_checks_size_md5_and_sha256(tmp_path):
     assert mismatch(path, Expected(md5=md5(b"abc"), sha256="0" * 64)).startswith(f"SHA256 {sha}")
 
 
-def test_baseline_report_with_and_without_intervals(tmp_path):
+def test_baseline_report_with_and_without_intervals(tmp_path, capsys):
     metrics = {"t2a": {"mAP@10": 0.2231, "R@1": 0.128, "R@5": 0.35, "R@10": 0.49}, "a2t": {}, "definitions": {}}
     plain = report_table(metrics, "runs/x").splitlines()
     assert plain[1].split()[1:] == ["0.223", "0.128", "0.350", "0.490"]
@@ -473,3 +501,6 @@ def test_baseline_report_with_and_without_intervals(tmp_path):
     (run / "eval").mkdir(parents=True)
     (run / "eval" / "evaluation_metrics.json").write_text(json.dumps(metrics))
     assert read_metrics(run)["t2a"]["R@1"] == 0.128
+    assert call(REPORT.main, REPORT.parser, ["--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "0.128 [0.118, 0.139]" in out and "evaluation_metrics.json" in out
