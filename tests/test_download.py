@@ -468,8 +468,8 @@ def test_checksums_file_format(tmp_path):
 
 def test_published_facts_and_checks():
     assert SPLITS["development"].archive.md5 == "c8b05bc7acdb13895bb3c6a29608667e"
-    assert SPLITS["development"].archive.url == f"https://zenodo.org/record/4783391/files/{ARCHIVE}"
-    assert data_download.PANNS.url == "https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth"
+    assert SPLITS["development"].archive.url == f"https://zenodo.org/record/4783391/files/{ARCHIVE}?download=1"
+    assert data_download.PANNS.url == "https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth?download=1"
     assert Source(mirror="http://m/x/").url(data_download.PANNS) == "http://m/x/Cnn14_mAP%3D0.431.pth"
 
 

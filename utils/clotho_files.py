@@ -30,7 +30,7 @@ class RemoteFile:
 
     @property
     def url(self) -> str:
-        return f"{ZENODO}/{self.record}/files/{quote(self.name)}"
+        return f"{ZENODO}/{self.record}/files/{quote(self.name)}?download=1"  # as aac-datasets links them
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from utils.archive_extract import archive_wavs, extract_wavs
 from utils.clotho import ClipIndex
 from utils.clotho_files import PANNS, SPLITS, RemoteFile, SplitFiles
 from utils.errors import DataError
-from utils.fileio import atomic_write, write_text_atomic
+from utils.fileio import atomic_write, ensure_writable, write_text_atomic
 from utils.http_download import (
     TIMEOUT_S,
     ChecksumError,
@@ -252,7 +252,7 @@ def space_needed(dataset_dir: Path, splits: list[str], source: Source, keep_arch
 @contextlib.contextmanager
 def download_lock(dataset_dir: Path) -> Iterator[None]:
     """One download at a time into ``dataset_dir`` (released by the OS even when the process is killed)."""
-    dataset_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(dataset_dir, "the Clotho download")
     with open(dataset_dir / ".download.lock", "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
