@@ -137,8 +137,8 @@ class Handler(BaseHTTPRequestHandler):
         if fault == ("500",):
             self.send_error(500)
             return
-        start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
-        if start >= len(data) > 0 and self.headers.get("Range"):
+        start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") and self.server.ranges else 0
+        if start >= len(data) > 0:
             self.send_error(416)
             return
         self.send_response(206 if start else 200)
@@ -170,6 +170,7 @@ def server(tmp_path, published):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     httpd.files, httpd.faults, httpd.log, httpd.release = files, {}, [], threading.Event()
+    httpd.ranges = True  # False: a server that ignores Range and always sends the whole file
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     (tmp_path / "md5sums.txt").write_text("".join(f"{md5(d)}  {n}\n" for n, d in files.items()))
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -268,6 +269,20 @@ def test_server_drops_mid_file_then_rerun_resumes(tmp_path, server, capsys):
     assert (tmp_path / "Clotho" / "archives" / f"{ARCHIVE}.part").stat().st_size == 5000
     assert call(DOWNLOAD.main, DOWNLOAD.parser, argv(tmp_path, server, "--splits", "development")) == 0
     assert gets(server, ARCHIVE)[-1].range == "bytes=5000-"
+    assert wavs_in(tmp_path / "Clotho" / "development") == set(CLIPS["development"])
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_resume_of_a_complete_part_or_from_a_server_without_range(tmp_path, server, ranges):
+    part = tmp_path / "Clotho" / "archives" / f"{ARCHIVE}.part"
+    part.parent.mkdir(parents=True)
+    data = server.files[ARCHIVE]
+    part.write_bytes(data if ranges else data[:3000])  # killed after the last byte / a server without Range
+    server.ranges = ranges
+    assert call(DOWNLOAD.main, DOWNLOAD.parser, argv(tmp_path, server, "--splits", "development",
+                                                     "--keep-archives")) == 0
+    assert gets(server, ARCHIVE)[-1].range == (f"bytes={len(data)}-" if ranges else "bytes=3000-")
+    assert (tmp_path / "Clotho" / "archives" / ARCHIVE).read_bytes() == data  # 416: verified as is; 200: refetched
     assert wavs_in(tmp_path / "Clotho" / "development") == set(CLIPS["development"])
 
 

@@ -128,7 +128,7 @@ def fetch(url: str, dest: Path, expected: Expected, timeout: float = TIMEOUT_S, 
                 _check_content_range(url, response.headers.get("Content-Range", ""), start)
             length = response.headers.get("Content-Length")
             total = start + int(length) if length and length.isdigit() else None
-            _stream(url, response, part, start, total, progress, dest.name, timeout)
+            _stream(url, response, part, start, total, progress, dest.name)
     except HTTPError as err:
         if not (err.code == 416 and start):  # 416 on a resume: the part may hold the whole file already
             raise _http_error(url, err) from err
@@ -142,7 +142,7 @@ def fetch(url: str, dest: Path, expected: Expected, timeout: float = TIMEOUT_S, 
 
 
 def _stream(url: str, response: http.client.HTTPResponse, part: Path, start: int, total: int | None,
-            progress: bool, name: str, timeout: float) -> None:
+            progress: bool, name: str) -> None:
     """Append the response body to ``part`` (or rewrite it when ``start`` is 0), with a bytes/speed bar.
 
     Unbuffered: every chunk read is on disk (in the OS) before the next read, so a kill loses nothing fetched.
