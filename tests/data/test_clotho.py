@@ -9,7 +9,7 @@ import soundfile as sf
 
 from utils.base.errors import DataError
 from utils.base.tables import read_audio_table, read_rows, read_text_table
-from utils.data import clotho
+from utils.data import clotho as stage1
 from utils.data.clotho import build_paired_split, build_query_split, make_fid, make_tid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,12 +55,12 @@ def clotho(tmp_path):
 
 @pytest.mark.parametrize("csv_name, disk_name", ODD_NAMES)
 def test_name_key_matches_csv_and_disk_spellings(csv_name, disk_name):
-    assert clotho.name_key(csv_name) == clotho.name_key(disk_name)
+    assert stage1.name_key(csv_name) == stage1.name_key(disk_name)
 
 
 def test_name_key_keeps_distinct_names_apart():
-    assert clotho.name_key("a (1).wav") != clotho.name_key("a (2).wav")
-    assert clotho.name_key("a#b.wav") != clotho.name_key("ab.wav")
+    assert stage1.name_key("a (1).wav") != stage1.name_key("a (2).wav")
+    assert stage1.name_key("a#b.wav") != stage1.name_key("ab.wav")
 
 
 def test_ids_are_deterministic_and_distinct():
@@ -71,7 +71,7 @@ def test_ids_are_deterministic_and_distinct():
 
 
 def test_normalize_text():
-    assert clotho.normalize_text("A dog barks, loudly!  Then   stops.") == "a dog barks loudly then stops"
+    assert stage1.normalize_text("A dog barks, loudly!  Then   stops.") == "a dog barks loudly then stops"
 
 
 def test_paired_split_matches_odd_names_and_reports_bad_clips(clotho):

@@ -22,13 +22,13 @@ from utils.base.config import ConfigError, load_config
 from utils.base.errors import DataError
 from utils.base.tables import read_rows, read_text_table
 from utils.criterion_utils import info_nce
+from utils.data.caption_vectors import update_text_embeddings
 from utils.data.clotho import make_fid
 from utils.data.datasets import PairDataset, collate_pairs
 from utils.data.pairs import build_pairs_split, build_split
 from utils.data.split_mix import load_splits
 from utils.evaluation.metrics import xmodal_metrics
 from utils.evaluation.scoring import read_scores
-from utils.data.caption_vectors import update_text_embeddings
 
 # (CSV spelling, name on disk): commas, parentheses, '#', HTML entities, stray spaces
 ODD = [

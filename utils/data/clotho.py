@@ -20,9 +20,9 @@ from pathlib import Path
 
 import soundfile as sf
 
-from utils.data.audio import AUDIO_EXTENSIONS
 from utils.base.errors import DataError
 from utils.base.text_files import read_text_guess_encoding
+from utils.data.audio import AUDIO_EXTENSIONS
 
 CAPTION_COLUMNS = [f"caption_{i}" for i in range(1, 6)]
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.base import paths
+from utils.base.config import Config
+from utils.base.errors import DataError
 from utils.data.clotho import (
     ClipIndex,
     SplitTables,
@@ -35,8 +37,6 @@ from utils.data.clotho import (
     normalize_text,
     probe_audio,
 )
-from utils.base.config import Config
-from utils.base.errors import DataError
 
 _CAPTION_COLUMN = re.compile(r"caption(_\d+)?$")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from utils.base.config import Config
-from utils.data.datasets import LogmelStore, SplitData, load_split
 from utils.base.errors import DataError
+from utils.data.datasets import LogmelStore, SplitData, load_split
 
 SEPARATOR = "+"
 
