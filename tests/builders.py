@@ -83,3 +83,11 @@ def write_folder(folder: Path) -> dict[str, Path]:
         sf.write(folder / rel, y, sr)
     (folder / "notes.txt").write_text("not audio")
     return {rel: folder / rel for rel in clips}
+
+
+def load_script(path: str):
+    """Import a script by its path from the repository root (numbered file names are not module names)."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

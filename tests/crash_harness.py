@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch  # noqa: F401  (imported once before forking: the children start fast)
 import torch._dynamo  # noqa: F401  (the first optimizer imports it: about 3 s in every child otherwise)
+from forking import in_forked_child
 
 import utils.evaluation.scoring  # noqa: F401
 import utils.runs  # noqa: F401
@@ -46,22 +47,14 @@ def _kill_at(name: str, k: int) -> None:
 
 def _in_child(script: str, argv: list[str], kill_at: tuple[str, int] | None = None) -> int:
     """Run ``script`` in a forked child; its exit status, or -signal when a signal ended it."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
-            if kill_at:
-                _kill_at(*kill_at)
-            sys.argv = [script, *argv]
-            runpy.run_path(str(ROOT / script), run_name="__main__")
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    def body() -> int:
+        if kill_at:
+            _kill_at(*kill_at)
+        sys.argv = [script, *argv]
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+        return 0
+
+    return in_forked_child(body)
 
 
 def main() -> None:

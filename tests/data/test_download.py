@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -26,6 +25,8 @@ import numpy as np
 import py7zr
 import pytest
 import soundfile as sf
+from builders import load_script
+from forking import in_forked_child
 
 import utils.data.archive_extract as archive_extract
 import utils.data.download as data_download
@@ -51,13 +52,6 @@ CLIPS = {
     "evaluation": {"Wind (strong), trees.wav": "Wind (strong), trees.wav",
                    " Ambience Birds.wav": " Ambience Birds.wav"},
 }
-
-
-def load_script(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 DOWNLOAD = load_script("preprocessing/00_download_clotho.py")
@@ -192,18 +186,12 @@ def gets(srv, name: str) -> list[Request]:
 
 def in_child(args: list[str], patch=None) -> int:
     """Run the download script in a forked child (``patch()`` first); its exit status, or -signal."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
-            if patch:
-                patch()
-            code = call(DOWNLOAD.main, DOWNLOAD.parser, args)
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    def body() -> int:
+        if patch:
+            patch()
+        return call(DOWNLOAD.main, DOWNLOAD.parser, args)
+
+    return in_forked_child(body)
 
 
 def wavs_in(folder: Path) -> set[str]:

@@ -8,7 +8,6 @@ formats, imported, and its embeddings compared with the fixture's own forward.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from builders import load_script
 from conftest import make_work_dir
 from torch import nn
 
@@ -31,13 +31,6 @@ from utils.search.retriever import Retriever
 ROOT = Path(__file__).resolve().parents[2]
 N_CAPTIONS = 6  # rows of the baseline's frozen SBERT table in the fixture
 FRAMES = (64, 64, 96)  # clip lengths (the baseline needs >= 64 frames)
-
-
-def load_script(path: str):
-    spec = importlib.util.spec_from_file_location("import_dcase2023", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 SCRIPT = load_script("pretrained_models/import_dcase2023.py")
