@@ -242,7 +242,7 @@ class LoadedRun:
     text_dim: int | None  # SBERT vector size the text projection expects (None for a fine-tuned text model)
     epoch: int | None
     device: torch.device
-    dtype: torch.dtype | None  # autocast dtype (train.amp), None = float32
+    dtype: torch.dtype | None  # autocast dtype (eval.amp), None = float32 (the default)
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str | torch.device = "auto") -> LoadedRun:
@@ -278,4 +278,4 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str |
         ) from err
     model.to(dev).eval()
     epoch = ckpt.get("epoch", (ckpt.get("state") or {}).get("epoch"))
-    return LoadedRun(model, conf, run_dir, checkpoint, path, text_dim, epoch, dev, amp_dtype(conf.train.amp, dev))
+    return LoadedRun(model, conf, run_dir, checkpoint, path, text_dim, epoch, dev, amp_dtype(conf.eval.amp, dev))

@@ -164,12 +164,59 @@ def test_scores_equal_a_direct_forward_pass(tiny):
     np.testing.assert_allclose([sf.scores[i, j] for i, j in pairs], expected, atol=1e-5)
     assert not any(p.name.startswith(".") for p in (run_dir / "eval").iterdir()), "temp files left behind"
 
-    # Length-sorted batching of clips of 64-130 frames: zero-padding to the longest clip of a batch (as the
-    # baseline pads in training) moves the scores only a little.
+    # Length-sorted batches of clips of 64-130 frames (padded): the same scores as clip by clip.
     run_script(SCORES, ["--run", str(run_dir), "--set", "eval.batch_size=5", "--splits", "evaluation"])
     batched = read_scores(run_dir / "eval" / "evaluation_xmodal_scores.hdf5").scores
-    assert np.abs(batched - sf.scores).max() < 0.1
-    assert np.corrcoef(batched.ravel(), sf.scores.ravel())[0, 1] > 0.99
+    np.testing.assert_allclose(batched, sf.scores, atol=1e-5, rtol=0)
+
+
+def test_scoring_is_float32_unless_eval_amp_asks(tmp_path):
+    """A run trained with train.amp=bf16 scores in float32 (as the baseline); --set eval.amp=bf16 autocasts."""
+    rng = np.random.default_rng(2)
+    work = tmp_path / "work"
+    work.mkdir()
+    write_split(work, "evaluation", 6, rng)
+    conf = tiny_conf(work, tmp_path / "runs" / "r")
+    conf.train.amp = "bf16"
+    run_dir = make_run_dir(tmp_path / "runs" / "r", conf)
+    assert load_run(run_dir, "best", "cpu").dtype is None
+    out = run_dir / "eval" / "evaluation_xmodal_scores.hdf5"
+    run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    fp32 = read_scores(out).scores
+    pairs = [(i, j) for i in range(12) for j in range(6)]
+    expected = direct_scores(run_dir, work, "evaluation", pairs, read_scores(out).text_ids, read_scores(out).audio_ids)
+    np.testing.assert_allclose(fp32.ravel(), expected, atol=1e-5)
+    run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation", "--set", "eval.amp=bf16"])
+    bf16 = read_scores(out).scores
+    assert 1e-4 < np.abs(bf16 - fp32).max() < 0.1  # bf16 rounding shows, so the setting took effect
+
+
+def test_nan_embedding_stops_scoring_naming_split_and_clip(tiny, capsys):
+    work, run_dir, _ = tiny
+    with h5py.File(work / "evaluation_audio_logmels.hdf5", "a") as h5:
+        feats = h5["eva_0003"][()]
+        feats[5, 3] = np.nan
+        del h5["eva_0003"]
+        h5["eva_0003"] = feats
+    with pytest.raises(SystemExit):
+        run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert err.startswith("error:")
+    assert "split 'evaluation'" in err and "clip eva_0003" in err and "non-finite" in err
+    assert not (run_dir / "eval" / "evaluation_xmodal_scores.hdf5").exists()
+
+
+def test_nan_scores_file_gives_no_metrics(tiny, capsys):
+    work, run_dir, _ = tiny
+    run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    path = run_dir / "eval" / "evaluation_xmodal_scores.hdf5"
+    sf = read_scores(path)
+    write_scores(path, np.full_like(sf.scores, np.nan), sf.text_ids, sf.audio_ids)
+    with pytest.raises(SystemExit):
+        run_script(RETRIEVAL, ["--run", str(run_dir)])
+    err = capsys.readouterr().err
+    assert "split 'evaluation'" in err and f"caption {sf.text_ids[0]}" in err
+    assert not (run_dir / "eval" / "evaluation_metrics.json").exists()
 
 
 def test_batching_is_exact_for_equal_length_clips(tmp_path):

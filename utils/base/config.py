@@ -175,7 +175,8 @@ class RunConf:
 @dataclass
 class EvalConf:
     checkpoint: Literal["best", "last"] = "best"  # checkpoint scored by postprocessing
-    batch_size: int = 64  # clips per batch when embedding audio
+    batch_size: int = 64  # clips per batch when embedding audio (speed only: every clip is embedded as if alone)
+    amp: Literal["off", "auto", "bf16", "fp16"] = "off"  # autocast when validating, scoring, searching; off = float32
     top_k: int = 10  # files per query in search and in the extra top-k submission (the DCASE 2023 one has 10)
     map_k: int = 10  # cut-off of mAP@k (DCASE 2023: 10, DCASE 2025: 16)
     recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # cut-offs of R@k

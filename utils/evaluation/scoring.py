@@ -26,6 +26,7 @@ from utils.base.tables import read_audio_table
 from utils.data.caption_vectors import embedding_model_name, load_text_embeddings
 from utils.data.datasets import LogmelStore, load_split, open_features, read_captions
 from utils.evaluation.embedding import TEXT_VECTOR_BATCH, embed_audio, embed_text
+from utils.evaluation.metrics import require_finite
 from utils.runs import LoadedRun
 
 RERUN_SCORES = "re-run postprocessing/01_xmodal_scores.py"
@@ -129,7 +130,17 @@ def score_split(run: LoadedRun, inputs: SplitInputs, batch_size: int, text_batch
         text = embed_text(run.model, inputs.text_input, text_batch_size or TEXT_VECTOR_BATCH, run.device, run.dtype)
     else:
         text = embed_text(run.model, inputs.text_input, text_batch_size or 128, run.device, run.dtype)
-    return run.model.score(audio, text).numpy().astype(np.float32, copy=False)  # (n_captions, n_clips)
+    check_embeddings(f"split '{inputs.split}'", audio, fids, text, [r["tid"] for r in inputs.text_rows])
+    scores = run.model.score(audio, text).numpy().astype(np.float32, copy=False)  # (n_captions, n_clips)
+    require_finite(scores, f"the scores of split '{inputs.split}'")
+    return scores
+
+
+def check_embeddings(where: str, audio: torch.Tensor, fids: list[str], text: torch.Tensor, tids: list[str]) -> None:
+    """:class:`NonFiniteError` naming ``where`` and the first clip (fid) or caption (tid) with a NaN or infinite
+    embedding: such a vector would score as anything."""
+    require_finite(audio.numpy(), f"the clip embeddings of {where}", fids, "clip")
+    require_finite(text.numpy(), f"the caption embeddings of {where}", tids, "caption")
 
 
 def write_scores(path: str | os.PathLike, scores: np.ndarray, text_ids: list[str], audio_ids: list[str],
