@@ -70,6 +70,7 @@ class DataConf:
     # split -> CSV of caption,file_name[,relevance] rows (relevance > 0 = relevant; relative to dataset_dir);
     # when given, text->audio metrics use it instead of the one-clip pairing (DCASE 2025's evaluation)
     relevance: dict[str, str] = field(default_factory=dict)
+    allow_overlap: bool = False  # let training clips also be validation / evaluation clips (recorded in run_info)
 
     @property
     def out_dir(self) -> Path:

@@ -175,7 +175,8 @@ def fit(s: TrainSetup) -> runs.TrainState:
         return state
     if d.main:
         ensure_writable(runs.run_file(s.run_dir, "checkpoints"), "checkpoints")  # before an epoch of work
-        runs.write_run_info(s.run_dir, conf, s.device, d.world)
+        notes = {"allow_overlap": True, "split_overlap": s.data.overlap} if s.data.overlap else None
+        runs.write_run_info(s.run_dir, conf, s.device, d.world, state.epoch, notes)
         _tidy_run(s)
         n_params = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
     wandb_run = _maybe_wandb(conf, d)
