@@ -130,7 +130,8 @@ def last_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, conf
 
 def best_checkpoint(last: dict, epoch: int, val: dict) -> dict:
     """``best.pt``: the model of ``last`` with its config, text size, epoch and validation metrics."""
-    return {"model": last["model"], "config": last["config"], "text_dim": last["text_dim"], "epoch": epoch, "val": val}
+    return {"model": last["model"], "config": last["config"], "text_dim": last["text_dim"], "epoch": epoch, "val": val,
+            "text_fingerprint": last.get("text_fingerprint")}
 
 
 def save_checkpoint(ckpt: dict, run_dir: str | os.PathLike, checkpoint: str) -> Path:
@@ -294,6 +295,7 @@ class LoadedRun:
     epoch: int | None
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype (eval.amp), None = float32 (the default)
+    text_fingerprint: str | None = None  # weights of the text model whose vectors it was trained on (if recorded)
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str | torch.device = "auto") -> LoadedRun:
@@ -329,4 +331,5 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str |
         ) from err
     model.to(dev).eval()
     epoch = ckpt.get("epoch", (ckpt.get("state") or {}).get("epoch"))
-    return LoadedRun(model, conf, run_dir, checkpoint, path, text_dim, epoch, dev, amp_dtype(conf.eval.amp, dev))
+    return LoadedRun(model, conf, run_dir, checkpoint, path, text_dim, epoch, dev, amp_dtype(conf.eval.amp, dev),
+                     ckpt.get("text_fingerprint"))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TEXT_MODEL, fake_text_model
 
 from models.core import build_model
 from utils.base.config import Config, QuerySplitConf, to_dict
@@ -78,17 +79,18 @@ def write_split(work: Path, split: str, n_clips: int, rng: np.random.Generator, 
     write_rows(work / f"{split}_text.csv", text_rows, TEXT_COLUMNS)
     write_rows(work / f"{split}_audio.csv", audio_rows, AUDIO_COLUMNS)
     vectors = rng.normal(size=(len(text_rows), TEXT_DIM)).astype(np.float32)
-    update_text_embeddings(work / "sbert_embeds.hdf5", {split: text_rows}, "synthetic", lambda texts: vectors)
+    model, fingerprint = fake_text_model(work)  # the stand-in text model that "made" the vectors
+    update_text_embeddings(work / "sbert_embeds.hdf5", {split: text_rows}, model, lambda texts: vectors, fingerprint)
     return text_rows
 
 
-def tiny_conf(work: Path, run_dir: Path, text_model: str = "synthetic", out_dim: int = 16) -> Config:
+def tiny_conf(work: Path, run_dir: Path, text_model: str | None = None, out_dim: int = 16) -> Config:
     conf = Config()
     conf.data.dataset_dir = str(work)
     conf.data.splits = ["evaluation"]
     conf.data.eval_splits = ["evaluation"]
     conf.data.query_splits = {"test": QuerySplitConf()}
-    conf.text.model = text_model
+    conf.text.model = text_model or str(work / TEXT_MODEL)  # write_split's stand-in model
     conf.model.audio_enc.width = 0.125
     conf.model.audio_enc.init = "random"
     conf.model.audio_enc.out_dim = out_dim
@@ -353,3 +355,17 @@ def test_top_k_is_a_stable_descending_sort():
         ref = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         assert np.array_equal(top_k(scores, k), ref)
         assert np.array_equal(top_k(scores[3], k), ref[3])
+
+
+def test_scoring_refuses_vectors_of_another_text_model(tiny, tmp_path, capsys):
+    work, run_dir, conf = tiny
+    other = tmp_path / "other-model"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"another model of the same width")
+    conf.text.model = str(other)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(conf), sort_keys=False), encoding="utf-8")
+    with pytest.raises(SystemExit):
+        run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    err = capsys.readouterr().err
+    assert f"made by text model '{work / TEXT_MODEL}'" in err and f"text.model is '{other}'" in err
+    assert "03_sbert_embeddings.py" in err

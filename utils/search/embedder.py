@@ -19,6 +19,7 @@ from utils.base.errors import DataError, PipelineError
 from utils.data.audio import load_audio
 from utils.evaluation.embedding import TEXT_VECTOR_BATCH, embed_audio, embed_text
 from utils.features.logmel import checked_logmel
+from utils.text.fingerprint import weights_fingerprint
 from utils.text.sbert import encode, load_sbert
 
 AudioItem = str | os.PathLike | tuple | np.ndarray | torch.Tensor  # path, (y, sr), or (time, mels) log-mels
@@ -109,6 +110,14 @@ class Embedder:
         fine-tuned its own text encoder, which is part of the checkpoint)."""
         if self._sbert is None and self.model.text_input_kind == "embedding":
             self._sbert = load_sbert(self.conf.text.model, str(self.device))  # DataError says how to get it
+            trained_on = self.run.text_fingerprint
+            if trained_on is not None and weights_fingerprint(self.conf.text.model) != trained_on:
+                self._sbert = None
+                raise PipelineError(
+                    f"text.model '{self.conf.text.model}' is not the text model whose caption vectors "
+                    f"{self.run.checkpoint_file} was trained on (weights {trained_on[:19]}...): queries would be "
+                    "embedded by another model. Restore that model, or re-run preprocessing/03_sbert_embeddings.py "
+                    "with this one and train again")
 
     def text_vectors(self, texts: list[str]) -> np.ndarray:
         """Raw SBERT vectors ``(n, D)`` float32 from ``conf.text.model`` (loaded once)."""

@@ -175,7 +175,9 @@ def fit(s: TrainSetup) -> runs.TrainState:
         return state
     if d.main:
         ensure_writable(runs.run_file(s.run_dir, "checkpoints"), "checkpoints")  # before an epoch of work
-        notes = {"allow_overlap": True, "split_overlap": s.data.overlap} if s.data.overlap else None
+        notes = {"text_model_fingerprint": s.data.text_fingerprint}
+        if s.data.overlap:
+            notes.update(allow_overlap=True, split_overlap=s.data.overlap)
         runs.write_run_info(s.run_dir, conf, s.device, d.world, state.epoch, notes)
         _tidy_run(s)
         n_params = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
@@ -237,6 +239,7 @@ def _one_epoch(s: TrainSetup) -> tuple[dict, bool]:
 def _save_epoch(s: TrainSetup, record: dict, improved: bool) -> None:
     """Checkpoints, the metrics line, the curves and the console line of one finished epoch."""
     last = runs.last_checkpoint(s.model, s.optimizer, s.scheduler, s.scaler, s.state, s.conf, s.data.text_dim)
+    last["text_fingerprint"] = s.data.text_fingerprint  # which text model's vectors it learnt (search checks)
     if improved:  # best.pt before the last.pt that records it: a kill between them loses nothing
         val = {k: record[k] for k in ("val_loss", "val_t2a", "val_a2t")}
         runs.save_checkpoint(runs.best_checkpoint(last, s.state.epoch, val), s.run_dir, "best")
