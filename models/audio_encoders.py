@@ -53,6 +53,11 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _time_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """``(batch,)`` lengths -> ``(batch, frames)`` bool, True on each clip's own frames."""
+    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+
+
 class ConvBlock(nn.Module):
     """conv3x3 -> BN -> ReLU -> conv3x3 -> BN -> ReLU -> AvgPool2d(2) -> Dropout; names as PANNs' ConvBlock."""
 
@@ -65,9 +70,18 @@ class ConvBlock(nn.Module):
         self.pool = nn.AvgPool2d(kernel_size=2)
         self.dropout = nn.Dropout(p=dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, in_channels, time, mels)`` -> ``(batch, out_channels, time // 2, mels // 2)``."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, in_channels, time, mels)`` -> ``(batch, out_channels, time // 2, mels // 2)``.
+
+        ``valid``: ``(batch, 1, time, 1)`` 1.0 on each clip's own frames, 0.0 on padding. Each conv then sees
+        zeros past a clip's end, as the conv's own zero padding gives the clip alone (eval mode only: in train
+        mode BatchNorm's batch statistics would still see the padding).
+        """
+        if valid is not None:
+            x = x * valid  # (batch, in_channels, time, mels), zeros past each clip's end
         x = F.relu(self.bn1(self.conv1(x)))  # (batch, out_channels, time, mels)
+        if valid is not None:
+            x = x * valid
         x = F.relu(self.bn2(self.conv2(x)))  # (batch, out_channels, time, mels)
         return self.dropout(self.pool(x))  # (batch, out_channels, time // 2, mels // 2)
 
@@ -128,18 +142,35 @@ class CNN14Encoder(nn.Module):
         for param in self.fc2.parameters():
             param.requires_grad_(True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: log-mels ``(batch, time, n_mels)`` -> ``(batch, out_dim)``, not normalised."""
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: log-mels ``(batch, time, n_mels)`` -> ``(batch, out_dim)``, not normalised.
+
+        ``lengths``: ``(batch,)`` frames of each clip in a zero-padded batch, or None (every frame counts, as
+        in the baseline's padded training batches). With lengths, each clip's output equals its output alone,
+        unpadded, up to float rounding: frames past a clip's end (its length, at least 64) are zeroed before
+        every conv, lengths follow the 2x2 poolings (floor division), and the time pooling skips them.
+        """
         if x.dim() != 3 or x.shape[-1] != self.n_mels:
             raise ValueError(f"expected log-mels (batch, time, {self.n_mels}), got shape {tuple(x.shape)}")
+        if lengths is not None:
+            lengths = lengths.to(x.device)
+            x = x * _time_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)  # zeros past the end, as alone
+            lengths = lengths.clamp(min=MIN_FRAMES)  # a clip alone is padded to 64 frames below
         if x.shape[1] < MIN_FRAMES:
             x = F.pad(x, (0, 0, 0, MIN_FRAMES - x.shape[1]))  # (batch, 64, mels), zeros appended in time
         x = x.unsqueeze(1)  # (batch, 1, time, mels)
         x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # bn0 normalises each mel band: (batch, 1, time, mels)
         for name in self.block_names:
-            x = self.get_submodule(name)(x)  # (batch, channels, time / 2^i, mels / 2^i)
+            valid = None if lengths is None else _time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+            x = self.get_submodule(name)(x, valid)  # (batch, channels, time / 2^i, mels / 2^i)
+            lengths = None if lengths is None else lengths // 2
         x = x.mean(dim=3)  # (batch, channels, time / 64)
-        x = x.amax(dim=2) + x.mean(dim=2)  # (batch, channels): max + mean over time
+        if lengths is None:
+            x = x.amax(dim=2) + x.mean(dim=2)  # (batch, channels): max + mean over time
+        else:
+            keep = _time_mask(lengths, x.shape[2])[:, None, :]  # (batch, 1, time / 64)
+            x = x.masked_fill(~keep, float("-inf")).amax(dim=2) \
+                + x.masked_fill(~keep, 0.0).sum(dim=2) / lengths[:, None].to(x.dtype)  # over each clip's frames
         x = self.fc_dropout(F.relu(self.fc1(self.fc_dropout(x))))  # (batch, channels)
         return self.fc2(x)  # (batch, out_dim)
 

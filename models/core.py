@@ -22,9 +22,14 @@ class DualEncoderModel(nn.Module):
     def text_input_kind(self) -> str:
         return self.text_enc.input_kind
 
-    def audio_branch(self, audio: torch.Tensor) -> torch.Tensor:
-        """``(batch, time, mels)`` log-mels -> ``(batch, E)`` unit vectors."""
-        return F.normalize(self.audio_enc(audio).float(), p=2.0, dim=-1)
+    def audio_branch(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, time, mels)`` log-mels -> ``(batch, E)`` unit vectors.
+
+        ``lengths`` ``(batch,)``: each clip's frames in a zero-padded batch; each clip's vector is then its
+        vector alone, unpadded (the audio encoder masks the padding). None: every frame counts (training).
+        """
+        emb = self.audio_enc(audio) if lengths is None else self.audio_enc(audio, lengths)
+        return F.normalize(emb.float(), p=2.0, dim=-1)
 
     def text_branch(self, text) -> torch.Tensor:
         """``(batch, D)`` SBERT vectors or a list of captions -> ``(batch, E)`` unit vectors."""

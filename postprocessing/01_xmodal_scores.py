@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+from utils.base.devices import amp_dtype
 from utils.base.fileio import ensure_writable
 from utils.cli import add_run_args, make_parser, run, run_dir_of
 from utils.evaluation.scoring import (
@@ -31,6 +32,7 @@ def main(args, conf) -> None:
     ensure_writable(run_file(run_dir, "eval"), "evaluation results")  # before the work, not after it
     loaded = load_run(run_dir, args.checkpoint or conf.eval.checkpoint, args.device or conf.train.device)
     conf = eval_config(conf, loaded.conf)
+    loaded.dtype = amp_dtype(conf.eval.amp, loaded.device)  # float32 unless --set eval.amp=... asks for autocast
     print(f"run {run_dir}: checkpoints/{loaded.checkpoint}.pt (epoch {loaded.epoch}) on {loaded.device}")
     for split in splits_to_score(conf, args.splits):
         start = time.perf_counter()

@@ -16,9 +16,11 @@ import time
 from utils.base import paths
 from utils.base.config import Config
 from utils.base.devices import resolve_device
+from utils.base.errors import DataError
 from utils.base.tables import read_text_table
 from utils.cli import make_parser, run
 from utils.data.caption_vectors import embedding_dim, update_text_embeddings
+from utils.text.fingerprint import weights_fingerprint
 from utils.text.sbert import encode, load_sbert, resolve_model_path
 
 parser = make_parser("Stage 3: Sentence-BERT embeddings of every caption (one HDF5 file in work_dir).")
@@ -37,8 +39,14 @@ def main(args: argparse.Namespace, conf: Config) -> None:
 
     out = paths.text_embeds(conf)
     start = time.perf_counter()
-    status = update_text_embeddings(out, tables, conf.text.model, encode_texts)
-    print(f"model: {conf.text.model}  dim: {embedding_dim(out)}  ({time.perf_counter() - start:.1f} s)")
+    try:
+        fingerprint = weights_fingerprint(conf.text.model)  # of the weights that will encode: stored with the vectors
+    except DataError:  # no local copy yet: loading it from the hub makes one
+        encode_texts([])
+        fingerprint = weights_fingerprint(conf.text.model)
+    status = update_text_embeddings(out, tables, conf.text.model, encode_texts, fingerprint)
+    print(f"model: {conf.text.model} ({fingerprint[:19]}...)  dim: {embedding_dim(out)}  "
+          f"({time.perf_counter() - start:.1f} s)")
     for split, rows in tables.items():
         print(f"  {split:<12} {len(rows):>6} captions  {status[split]}")
     print(f"wrote {out}")

@@ -10,7 +10,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, TEXT_MODEL
 
 from models.core import build_model
 from utils.base.config import Config, QuerySplitConf, to_dict
@@ -24,13 +24,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tiny_conf(work: Path, run_dir: Path, text_model: str = "synthetic", out_dim: int = 16) -> Config:
+def tiny_conf(work: Path, run_dir: Path, text_model: str | None = None, out_dim: int = 16) -> Config:
     conf = Config()
     conf.data.dataset_dir = str(work)
     conf.data.splits = ["evaluation"]
     conf.data.eval_splits = ["evaluation"]
     conf.data.query_splits = {"test": QuerySplitConf()}
-    conf.text.model = text_model
+    conf.text.model = text_model or str(work / TEXT_MODEL)  # write_split's stand-in model
     conf.model.audio_enc.width = 0.125
     conf.model.audio_enc.init = "random"
     conf.model.audio_enc.out_dim = out_dim

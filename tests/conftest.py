@@ -12,11 +12,26 @@ import yaml
 
 from utils.base.tables import AUDIO_COLUMNS, TEXT_COLUMNS, write_rows
 from utils.data.caption_vectors import update_text_embeddings
+from utils.text.fingerprint import weights_fingerprint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+TEXT_MODEL = "text-model"  # the folder, inside a work dir, of the stand-in text model that "made" its vectors
+
+
+def fake_text_model(root: Path, seed: int = 0) -> tuple[str, str]:
+    """A folder with a weight file (random bytes) standing for the text model that made a work dir's vectors:
+    training and scoring check its fingerprint. Returns ``(folder, fingerprint)``."""
+    folder = Path(root) / TEXT_MODEL
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        weights.write_bytes(np.random.default_rng(seed).bytes(256))
+    return str(folder), weights_fingerprint(str(folder))
 
 
 def make_work_dir(root: Path, clips: dict[str, int], dim: int = 32, frames=(70, 140), n_mels: int = 64,
@@ -25,6 +40,7 @@ def make_work_dir(root: Path, clips: dict[str, int], dim: int = 32, frames=(70, 
     each clip has a random 'concept' that shapes both its features and its captions' vectors."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
+    model, fingerprint = fake_text_model(root)
     mel_basis = rng.normal(size=(8, n_mels)).astype(np.float32)
     text_basis = rng.normal(size=(8, dim)).astype(np.float32)
     for split, n in clips.items():
@@ -47,7 +63,8 @@ def make_work_dir(root: Path, clips: dict[str, int], dim: int = 32, frames=(70, 
         write_rows(root / f"{split}_text.csv", text_rows, TEXT_COLUMNS)
         write_rows(root / f"{split}_audio.csv", audio_rows, AUDIO_COLUMNS)
         vectors = np.stack(embeds).astype(np.float32)
-        update_text_embeddings(root / "sbert_embeds.hdf5", {split: text_rows}, "synthetic", lambda texts, v=vectors: v)
+        update_text_embeddings(root / "sbert_embeds.hdf5", {split: text_rows}, model, lambda texts, v=vectors: v,
+                               fingerprint)
     return root
 
 
@@ -57,6 +74,7 @@ def write_config(path: Path, work: Path, run_dir: Path, **sections) -> Path:
         "data": {"dataset_dir": str(work), "splits": ["development", "validation"],
                  "eval_splits": ["validation"]},
         "model": {"audio_enc": {"width": 0.125, "init": "random"}},
+        "text": {"model": str(Path(work) / TEXT_MODEL)},  # made by make_work_dir
         "train": {"epochs": 2, "batch_size": 8, "num_workers": 0, "eval_batch_size": 16, "log_every": 2,
                   "device": "cpu", "early_stop": {"enabled": False}},
         "run": {"dir": str(run_dir.parent), "name": run_dir.name},

@@ -130,7 +130,8 @@ def last_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, conf
 
 def best_checkpoint(last: dict, epoch: int, val: dict) -> dict:
     """``best.pt``: the model of ``last`` with its config, text size, epoch and validation metrics."""
-    return {"model": last["model"], "config": last["config"], "text_dim": last["text_dim"], "epoch": epoch, "val": val}
+    return {"model": last["model"], "config": last["config"], "text_dim": last["text_dim"], "epoch": epoch, "val": val,
+            "text_fingerprint": last.get("text_fingerprint")}
 
 
 def save_checkpoint(ckpt: dict, run_dir: str | os.PathLike, checkpoint: str) -> Path:
@@ -189,10 +190,21 @@ def library_versions() -> dict:
     return versions
 
 
-def write_run_info(run_dir: Path, conf: Config, device: torch.device, world_size: int) -> None:
-    """``config.yaml`` and ``run_info.json`` of a run that starts or resumes."""
-    write_text_atomic(config_file(run_dir), yaml.safe_dump(to_dict(conf), sort_keys=False))
+def write_run_info(run_dir: Path, conf: Config, device: torch.device, world_size: int, epoch: int = 0,
+                   notes: dict | None = None) -> None:
+    """``config.yaml`` and ``run_info.json`` of a run that starts (``epoch`` 0) or resumes after ``epoch``.
+
+    ``run_info.json`` keeps a ``history``, one entry per start or resume (its commit, command, device, the
+    config keys changed since the previous ``config.yaml``, and ``notes`` such as an allowed split overlap);
+    the top-level fields repeat the latest entry.
+    """
+    path = run_file(run_dir, "run_info")
+    history = _read_history(path)
+    old_conf = _read_old_config(config_file(run_dir)) if history else {}
+    new_conf = to_dict(conf)
     info = {
+        "event": "resume" if epoch else "start",
+        "after_epoch": epoch,
         "seed": conf.train.seed,
         "git_commit": git_commit(),
         "versions": library_versions(),
@@ -200,8 +212,48 @@ def write_run_info(run_dir: Path, conf: Config, device: torch.device, world_size
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "world_size": world_size,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "config_changes": {k: [old, new] for k, (old, new) in config_changes(old_conf, new_conf).items()},
+        **(notes or {}),
     }
-    write_text_atomic(run_file(run_dir, "run_info"), json.dumps(info, indent=2) + "\n")
+    write_text_atomic(config_file(run_dir), yaml.safe_dump(new_conf, sort_keys=False))
+    write_text_atomic(path, json.dumps({**info, "history": history + [info]}, indent=2) + "\n")
+
+
+def _read_history(path: Path) -> list[dict]:
+    """The ``history`` of an existing ``run_info.json`` (a file of an older version: its one record)."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    return list(old.get("history") or [{k: v for k, v in old.items() if k != "history"}])
+
+
+def _read_old_config(path: Path) -> dict:
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def flatten_config(node, prefix: str = "") -> dict:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}`` (lists and other values are leaves)."""
+    if isinstance(node, dict):
+        out: dict = {}
+        for key, value in node.items():
+            out.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: node}
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple]:
+    """Dotted key -> ``(old value, new value)`` for every leaf that differs (nothing when ``old`` is empty)."""
+    if not old:
+        return {}
+    a, b = flatten_config(old), flatten_config(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
@@ -242,7 +294,8 @@ class LoadedRun:
     text_dim: int | None  # SBERT vector size the text projection expects (None for a fine-tuned text model)
     epoch: int | None
     device: torch.device
-    dtype: torch.dtype | None  # autocast dtype (train.amp), None = float32
+    dtype: torch.dtype | None  # autocast dtype (eval.amp), None = float32 (the default)
+    text_fingerprint: str | None = None  # weights of the text model whose vectors it was trained on (if recorded)
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str | torch.device = "auto") -> LoadedRun:
@@ -278,4 +331,5 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str |
         ) from err
     model.to(dev).eval()
     epoch = ckpt.get("epoch", (ckpt.get("state") or {}).get("epoch"))
-    return LoadedRun(model, conf, run_dir, checkpoint, path, text_dim, epoch, dev, amp_dtype(conf.train.amp, dev))
+    return LoadedRun(model, conf, run_dir, checkpoint, path, text_dim, epoch, dev, amp_dtype(conf.eval.amp, dev),
+                     ckpt.get("text_fingerprint"))

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, fake_text_model
 
 from utils.base import paths
 from utils.base.config import ConfigError, load_config
@@ -29,6 +29,7 @@ from utils.data.pairs import build_pairs_split, build_split
 from utils.data.split_mix import load_splits
 from utils.evaluation.metrics import xmodal_metrics
 from utils.evaluation.scoring import read_scores
+from utils.text.fingerprint import weights_fingerprint
 
 # (CSV spelling, name on disk): commas, parentheses, '#', HTML entities, stray spaces
 ODD = [
@@ -240,7 +241,7 @@ def mixed(tmp_path):
                                       "audio_dir": str(own_dir / "audio")}},
                  "train_split": "development+mine", "val_split": "mine", "eval_splits": ["mine"]},
         "features": {"workers": 1},
-        "text": {"model": "synthetic"},
+        "text": {"model": fake_text_model(tmp_path)[0]},  # stands for the model that made run_stages_1_to_3's vectors
         "model": {"audio_enc": {"width": 0.125, "init": "random", "out_dim": 16}, "text_enc": {"out_dim": 16}},
         "train": {"epochs": 1, "batch_size": 8, "num_workers": 0, "eval_batch_size": 8, "log_every": 1,
                   "device": "cpu", "early_stop": {"enabled": False}},
@@ -258,7 +259,8 @@ def run_stages_1_to_3(conf_path: Path) -> None:
         module.run(module.main, module.parser, ["--conf", str(conf_path), *extra])
     conf = load_config(conf_path)  # stage 3 with a stand-in encoder, over the same splits as the script
     tables = {split: read_text_table(paths.text_table(conf, split)) for split in conf.data.all_splits()}
-    update_text_embeddings(paths.text_embeds(conf), tables, "synthetic", fake_vectors)
+    update_text_embeddings(paths.text_embeds(conf), tables, conf.text.model, fake_vectors,
+                           weights_fingerprint(conf.text.model))
 
 
 def test_stage1_tables_for_a_clotho_and_a_pairs_split(mixed):

@@ -74,3 +74,17 @@ def test_xmodal_metrics_both_directions():
 def test_query_without_relevant_item_is_an_error():
     with pytest.raises(ValueError, match="no relevant"):
         retrieval_metrics(np.zeros((2, 3)), np.array([[1, 0, 0], [0, 0, 0]], bool))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_never_become_metrics(bad):
+    from utils.evaluation.metrics import NonFiniteError
+
+    s, r = one_query([1])
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        retrieval_metrics(np.full_like(s, np.nan), r)  # all NaN: once read as R@k = mAP@10 = 1.0
+    s[0, 7] = bad
+    with pytest.raises(NonFiniteError, match=r"1 non-finite value.*query 0, item 7"):
+        retrieval_metrics(s, r)
+    with pytest.raises(NonFiniteError):
+        xmodal_metrics(np.where(np.eye(4, dtype=bool), bad, 0.5), np.arange(4))

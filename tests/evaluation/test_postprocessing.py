@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from builders import TEXT_DIM, make_run_dir, tiny_conf
+from conftest import TEXT_MODEL, fake_text_model
 
 from utils.base.config import to_dict
 from utils.base.errors import PipelineError
@@ -77,7 +78,8 @@ def write_split(work: Path, split: str, n_clips: int, rng: np.random.Generator, 
     write_rows(work / f"{split}_text.csv", text_rows, TEXT_COLUMNS)
     write_rows(work / f"{split}_audio.csv", audio_rows, AUDIO_COLUMNS)
     vectors = rng.normal(size=(len(text_rows), TEXT_DIM)).astype(np.float32)
-    update_text_embeddings(work / "sbert_embeds.hdf5", {split: text_rows}, "synthetic", lambda texts: vectors)
+    model, fingerprint = fake_text_model(work)  # the stand-in text model that "made" the vectors
+    update_text_embeddings(work / "sbert_embeds.hdf5", {split: text_rows}, model, lambda texts: vectors, fingerprint)
     return text_rows
 
 
@@ -131,12 +133,59 @@ def test_scores_equal_a_direct_forward_pass(tiny):
     np.testing.assert_allclose([sf.scores[i, j] for i, j in pairs], expected, atol=1e-5)
     assert not any(p.name.startswith(".") for p in (run_dir / "eval").iterdir()), "temp files left behind"
 
-    # Length-sorted batching of clips of 64-130 frames: zero-padding to the longest clip of a batch (as the
-    # baseline pads in training) moves the scores only a little.
+    # Length-sorted batches of clips of 64-130 frames (padded): the same scores as clip by clip.
     run_script(SCORES, ["--run", str(run_dir), "--set", "eval.batch_size=5", "--splits", "evaluation"])
     batched = read_scores(run_dir / "eval" / "evaluation_xmodal_scores.hdf5").scores
-    assert np.abs(batched - sf.scores).max() < 0.1
-    assert np.corrcoef(batched.ravel(), sf.scores.ravel())[0, 1] > 0.99
+    np.testing.assert_allclose(batched, sf.scores, atol=1e-5, rtol=0)
+
+
+def test_scoring_is_float32_unless_eval_amp_asks(tmp_path):
+    """A run trained with train.amp=bf16 scores in float32 (as the baseline); --set eval.amp=bf16 autocasts."""
+    rng = np.random.default_rng(2)
+    work = tmp_path / "work"
+    work.mkdir()
+    write_split(work, "evaluation", 6, rng)
+    conf = tiny_conf(work, tmp_path / "runs" / "r")
+    conf.train.amp = "bf16"
+    run_dir = make_run_dir(tmp_path / "runs" / "r", conf)
+    assert load_run(run_dir, "best", "cpu").dtype is None
+    out = run_dir / "eval" / "evaluation_xmodal_scores.hdf5"
+    run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    fp32 = read_scores(out).scores
+    pairs = [(i, j) for i in range(12) for j in range(6)]
+    expected = direct_scores(run_dir, work, "evaluation", pairs, read_scores(out).text_ids, read_scores(out).audio_ids)
+    np.testing.assert_allclose(fp32.ravel(), expected, atol=1e-5)
+    run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation", "--set", "eval.amp=bf16"])
+    bf16 = read_scores(out).scores
+    assert 1e-4 < np.abs(bf16 - fp32).max() < 0.1  # bf16 rounding shows, so the setting took effect
+
+
+def test_nan_embedding_stops_scoring_naming_split_and_clip(tiny, capsys):
+    work, run_dir, _ = tiny
+    with h5py.File(work / "evaluation_audio_logmels.hdf5", "a") as h5:
+        feats = h5["eva_0003"][()]
+        feats[5, 3] = np.nan
+        del h5["eva_0003"]
+        h5["eva_0003"] = feats
+    with pytest.raises(SystemExit):
+        run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert err.startswith("error:")
+    assert "split 'evaluation'" in err and "clip eva_0003" in err and "non-finite" in err
+    assert not (run_dir / "eval" / "evaluation_xmodal_scores.hdf5").exists()
+
+
+def test_nan_scores_file_gives_no_metrics(tiny, capsys):
+    work, run_dir, _ = tiny
+    run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    path = run_dir / "eval" / "evaluation_xmodal_scores.hdf5"
+    sf = read_scores(path)
+    write_scores(path, np.full_like(sf.scores, np.nan), sf.text_ids, sf.audio_ids)
+    with pytest.raises(SystemExit):
+        run_script(RETRIEVAL, ["--run", str(run_dir)])
+    err = capsys.readouterr().err
+    assert "split 'evaluation'" in err and f"caption {sf.text_ids[0]}" in err
+    assert not (run_dir / "eval" / "evaluation_metrics.json").exists()
 
 
 def test_batching_is_exact_for_equal_length_clips(tmp_path):
@@ -273,3 +322,17 @@ def test_top_k_is_a_stable_descending_sort():
         ref = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         assert np.array_equal(top_k(scores, k), ref)
         assert np.array_equal(top_k(scores[3], k), ref[3])
+
+
+def test_scoring_refuses_vectors_of_another_text_model(tiny, tmp_path, capsys):
+    work, run_dir, conf = tiny
+    other = tmp_path / "other-model"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"another model of the same width")
+    conf.text.model = str(other)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(conf), sort_keys=False), encoding="utf-8")
+    with pytest.raises(SystemExit):
+        run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    err = capsys.readouterr().err
+    assert f"made by text model '{work / TEXT_MODEL}'" in err and f"text.model is '{other}'" in err
+    assert "03_sbert_embeddings.py" in err

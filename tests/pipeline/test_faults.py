@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import ROOT, make_work_dir, write_config
+from conftest import ROOT, fake_text_model, make_work_dir, write_config
 
 from search import format_results
 from utils.base.config import Config, ConfigError, load_config
@@ -244,7 +244,9 @@ def test_bad_clips_are_skipped_with_reasons_and_training_goes_on(tmp_path):
     write_rows(work / "development_text.csv", text_rows, TEXT_COLUMNS)
     with h5py.File(work / "sbert_embeds.hdf5", "r") as h5:
         vectors = h5["development/embeds"][()]
-    update_text_embeddings(work / "sbert_embeds.hdf5", {"development": text_rows}, "synthetic", lambda t: vectors)
+    model, fingerprint = fake_text_model(work)
+    update_text_embeddings(work / "sbert_embeds.hdf5", {"development": text_rows}, model, lambda t: vectors,
+                           fingerprint)
     conf = write_config(tmp_path / "c.yaml", work, tmp_path / "runs" / "bad", train=ONE_STEP,
                         features={"workers": 1})
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from builders import load_script
-from conftest import make_work_dir
+from conftest import TEXT_MODEL, make_work_dir
 from torch import nn
 
 from models.audio_encoders import CNN14Encoder
@@ -140,7 +140,7 @@ def baseline(tmp_path_factory):
     conf = root / "conf.yaml"
     conf.write_text(yaml.safe_dump({
         "data": {"dataset_dir": str(work), "splits": ["evaluation"], "eval_splits": ["evaluation"]},
-        "text": {"model": "synthetic"}, "train": {"device": "cpu"}, "eval": {"batch_size": 1}}))  # one clip a batch: no padding
+        "text": {"model": str(work / TEXT_MODEL)}, "train": {"device": "cpu"}, "eval": {"batch_size": 1}}))  # one clip a batch: no padding
     run_dir = root / "runs" / "dcase2023"
     SCRIPT.run(SCRIPT.main, SCRIPT.parser, ["--conf", str(conf), "--checkpoint", str(ckpt), "--out", str(run_dir)])
     return {"model": model, "ckpt": ckpt, "enc": enc, "work": work, "conf": conf, "run": run_dir, "root": root}
@@ -247,7 +247,7 @@ def test_audio_encoder_file_loads_as_cnn14_weights(baseline, capsys):
     out = baseline["root"] / "CNN14_baseline.pth"
     SCRIPT.run(SCRIPT.main, SCRIPT.parser, ["--conf", str(baseline["conf"]), "--audio-encoder",
                                             str(baseline["enc"]), "--out", str(out)])
-    assert "warning: text.model is 'synthetic'" in capsys.readouterr().err  # not the baseline's SBERT model
+    assert f"warning: text.model is '{baseline['work'] / TEXT_MODEL}'" in capsys.readouterr().err  # not the baseline's SBERT model
     encoder = CNN14Encoder(out_dim=300, width=1.0)
     encoder.load_pretrained(out)
     clips = mels(2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +193,23 @@ def minilm_run(tmp_path_factory):
     make_run_dir(run_dir, tiny_conf(tmp / "work", run_dir, text_model="all-MiniLM-L6-v2"), text_dim=384)
     write_folder(tmp / "sounds")
     return run_dir, tmp / "sounds"
+
+
+def test_search_refuses_a_text_model_other_than_the_trained_one(minilm_run, tmp_path):
+    from utils.text.fingerprint import weights_fingerprint
+
+    run_dir, _ = minilm_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    ckpt_file = copy / "checkpoints" / "best.pt"
+    ckpt = torch.load(ckpt_file, weights_only=True)
+    ckpt["text_fingerprint"] = "sha256:" + "0" * 64  # trained on vectors of other weights
+    torch.save(ckpt, ckpt_file)
+    with pytest.raises(PipelineError, match=r"text.model 'all-MiniLM-L6-v2' is not the text model .* trained on"):
+        Retriever.from_run(copy, device="cpu").embed_text(["a dog barks"])
+    ckpt["text_fingerprint"] = weights_fingerprint("all-MiniLM-L6-v2")  # the model it was trained with
+    torch.save(ckpt, ckpt_file)
+    assert Retriever.from_run(copy, device="cpu").embed_text(["a dog barks"]).shape == (1, 16)
 
 
 def test_embed_text_is_the_run_text_model_plus_projection(minilm_run):

@@ -140,6 +140,30 @@ def test_nan_loss_names_step_and_batch(tiny_work, tmp_path, monkeypatch):
         train(conf)
 
 
+def test_non_finite_validation_stops_training_and_keeps_best(tiny_work, tmp_path, monkeypatch):
+    run_dir = tmp_path / "runs" / "r"
+    conf = load_config(write_config(tmp_path / "c.yaml", tiny_work, run_dir, train={
+        "epochs": 3, "batch_size": 8, "num_workers": 0, "eval_batch_size": 16, "log_every": 2, "device": "cpu",
+        "early_stop": {"enabled": False}}))
+    import utils.training.loop as tu
+
+    real = tu.embed_audio
+    calls = {"n": 0}
+
+    def diverged(*args, **kwargs):  # the second validation meets a model whose audio vectors are NaN
+        calls["n"] += 1
+        emb = real(*args, **kwargs)
+        return emb * float("nan") if calls["n"] == 2 else emb
+
+    monkeypatch.setattr(tu, "embed_audio", diverged)
+    with pytest.raises(TrainingError, match=r"stopped in epoch 2: .*validation split 'validation'.*clip val_0000"
+                                            r".*Kept: checkpoints/best.pt \(epoch 1"):
+        train(conf)
+    assert torch.load(run_dir / "checkpoints/best.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["state"]["epoch"] == 1
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1]
+
+
 def test_plateau_stopper():
     flat = [1.0] * 5 + [0.5] * 10
     assert not plateau_reached(flat[:12], std=0.001, num_results=10, grace_period=12)  # window not flat yet

@@ -70,6 +70,7 @@ class DataConf:
     # split -> CSV of caption,file_name[,relevance] rows (relevance > 0 = relevant; relative to dataset_dir);
     # when given, text->audio metrics use it instead of the one-clip pairing (DCASE 2025's evaluation)
     relevance: dict[str, str] = field(default_factory=dict)
+    allow_overlap: bool = False  # let training clips also be validation / evaluation clips (recorded in run_info)
 
     @property
     def out_dir(self) -> Path:
@@ -175,7 +176,8 @@ class RunConf:
 @dataclass
 class EvalConf:
     checkpoint: Literal["best", "last"] = "best"  # checkpoint scored by postprocessing
-    batch_size: int = 64  # clips per batch when embedding audio
+    batch_size: int = 64  # clips per batch when embedding audio (speed only: every clip is embedded as if alone)
+    amp: Literal["off", "auto", "bf16", "fp16"] = "off"  # autocast when validating, scoring, searching; off = float32
     top_k: int = 10  # files per query in search and in the extra top-k submission (the DCASE 2023 one has 10)
     map_k: int = 10  # cut-off of mAP@k (DCASE 2023: 10, DCASE 2025: 16)
     recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # cut-offs of R@k

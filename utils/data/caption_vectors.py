@@ -30,11 +30,13 @@ def text_table_sha1(rows: Sequence[dict]) -> str:
 
 
 def update_text_embeddings(path: str | os.PathLike, tables: dict[str, Sequence[dict]], model_name: str,
-                           encode_fn: Callable[[list[str]], np.ndarray]) -> dict[str, str]:
+                           encode_fn: Callable[[list[str]], np.ndarray], fingerprint: str | None = None) -> dict[str, str]:
     """Write the embeddings of every split in ``tables`` (split -> text-table rows) to ``path``.
 
-    A split whose group in the existing file has the same table fingerprint and model is copied, not
-    re-encoded; the others get ``encode_fn(raw_texts) -> (N, D) float32``. Groups of splits not in ``tables``
+    ``fingerprint``: of the model's weights (:func:`utils.text.fingerprint.weights_fingerprint`), stored with
+    ``model_name`` as the file's attributes ``model`` and ``model_fingerprint``; training, scoring and search
+    refuse a file without it. A split whose group in the existing file has the same table fingerprint and model
+    (name and weights) is copied, not re-encoded; the others get ``encode_fn(raw_texts) -> (N, D) float32``. Groups of splits not in ``tables``
     are kept when the model is the same. The new file is written beside ``path`` and renamed onto it.
     Returns split -> ``'encoded'`` or ``'unchanged'``.
     """
@@ -46,7 +48,8 @@ def update_text_embeddings(path: str | os.PathLike, tables: dict[str, Sequence[d
         except OSError as err:  # unreadable (e.g. a crash of an old version): rebuilt from scratch
             print(f"warning: cannot read {path} ({err}); every split will be re-encoded", file=sys.stderr)
     try:
-        same_model = old is not None and old.attrs.get("model") == model_name
+        same_model = (old is not None and old.attrs.get("model") == model_name
+                      and old.attrs.get("model_fingerprint") == fingerprint)
         status: dict[str, str] = {}
         fresh: dict[str, tuple[list[str], np.ndarray]] = {}
         for split, rows in tables.items():
@@ -58,7 +61,7 @@ def update_text_embeddings(path: str | os.PathLike, tables: dict[str, Sequence[d
                 fresh[split] = ([row["tid"] for row in rows], np.asarray(encode_fn(texts), dtype=np.float32))
                 status[split] = "encoded"
         dim = _common_dim(path, fresh, int(old.attrs["dim"]) if same_model else None)
-        _write_file(path, old if same_model else None, tables, fresh, model_name, dim)
+        _write_file(path, old if same_model else None, tables, fresh, model_name, dim, fingerprint)
     finally:
         if old is not None:
             old.close()
@@ -76,9 +79,12 @@ def _common_dim(path: Path, fresh: dict, old_dim: int | None) -> int:
     return dims.pop() if dims else 0
 
 
-def _write_file(path: Path, old, tables: dict, fresh: dict, model_name: str, dim: int) -> None:
+def _write_file(path: Path, old, tables: dict, fresh: dict, model_name: str, dim: int,
+                fingerprint: str | None) -> None:
     with atomic_write(path) as tmp, h5py.File(tmp, "w") as out:
         out.attrs["model"] = model_name
+        if fingerprint is not None:
+            out.attrs["model_fingerprint"] = fingerprint
         out.attrs["dim"] = dim
         keep = [] if old is None else [s for s in old if s not in fresh]
         for split in keep:
@@ -104,6 +110,13 @@ def embedding_model_name(path: str | os.PathLike) -> str:
     """The sentence-transformers model that made the embedding file at ``path``."""
     with _open_embeddings(path) as h5:
         return str(h5.attrs["model"])
+
+
+def embedding_provenance(path: str | os.PathLike) -> tuple[str, str | None]:
+    """``(model name, weights fingerprint or None)`` recorded in the embedding file at ``path``."""
+    with _open_embeddings(path) as h5:
+        fingerprint = h5.attrs.get("model_fingerprint")
+        return str(h5.attrs.get("model", "?")), None if fingerprint is None else str(fingerprint)
 
 
 def embedding_dim(path: str | os.PathLike) -> int:

@@ -35,8 +35,13 @@ def frame_budget_batches(batches: list[list[int]], lengths: Sequence[int], max_f
 @torch.no_grad()
 def embed_audio(model, get_clip: Callable[[int], np.ndarray], lengths: Sequence[int], batch_size: int,
                 device: torch.device, dtype: torch.dtype | None = None, progress: bool = False,
-                desc: str = "embed audio") -> torch.Tensor:
+                desc: str = "embed audio", exact: bool = True) -> torch.Tensor:
     """Embed ``len(lengths)`` clips, batched by similar length so padding stays small.
+
+    The baseline's protocol: each clip's vector is the one the model gives that clip alone, unpadded, whatever
+    the batch size, device or clip order (the encoder masks each clip's padding: ``audio_branch(x, lengths)``,
+    tested to 1e-5 in ``tests/evaluation/test_embed_audio.py``). ``exact=False`` lets the zero-padded frames
+    enter the pooling, as training's batches do (for benchmarks only: results then depend on the batch).
 
     On the CPU a batch also holds at most :data:`CPU_BATCH_FRAMES` padded frames (at width 0.125; fewer
     at larger widths): CNN14's activations for a batch of 64 long clips fall out of the caches, and the
@@ -56,9 +61,10 @@ def embed_audio(model, get_clip: Callable[[int], np.ndarray], lengths: Sequence[
         width = float(getattr(getattr(model, "audio_enc", None), "width", 1.0))
         batches = frame_budget_batches(batches, lengths, int(CPU_BATCH_FRAMES * 0.125 / width))
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        audio = pad_stack([torch.from_numpy(np.asarray(get_clip(k), dtype=np.float32)) for k in idx])
+        audio = pad_stack([torch.from_numpy(np.asarray(get_clip(k), dtype=np.float32)) for k in idx])  # (B, T, M)
+        frames = torch.as_tensor([lengths[k] for k in idx]) if exact else None  # (B,)
         with autocast(device, dtype):
-            emb = model.audio_branch(audio.to(device, non_blocking=True)).float().cpu()
+            emb = model.audio_branch(audio.to(device, non_blocking=True), frames).float().cpu()
         if out.shape[1] == 0:
             out = torch.empty((len(lengths), emb.shape[1]))
         out[idx] = emb

@@ -10,10 +10,35 @@ The cut-offs are arguments (``eval.map_k``, ``eval.recall_ks``), and metric name
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+from utils.base.errors import PipelineError
 
 KS = (1, 5, 10)
 MAP_K = 10
+
+
+class NonFiniteError(PipelineError):
+    """A NaN or infinite embedding or score: it would rank as anything (an all-NaN matrix scores R@k = 1)."""
+
+
+def require_finite(values, what: str, row_names: Sequence[str] | None = None, row_kind: str = "row",
+                   col_names: Sequence[str] | None = None, col_kind: str = "column") -> None:
+    """Raise :class:`NonFiniteError` when ``values`` (``(n, ...)``: scores or embeddings) holds a NaN or an
+    infinity, naming ``what`` (e.g. "validation split 'validation' scores"), the count and the first bad row
+    (and column) by name when names are given."""
+    values = np.asarray(values)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    first = np.argwhere(bad)[0]
+    where = f"{row_kind} {row_names[first[0]] if row_names is not None else first[0]}"
+    if values.ndim > 1 and (col_names is not None or row_names is None):  # an embedding's dimension: no name
+        where += f", {col_kind} {col_names[first[1]] if col_names is not None else first[1]}"
+    raise NonFiniteError(f"{what} hold {int(bad.sum())} non-finite value(s) (NaN or inf), the first at {where}; "
+                         "no metrics from them: check the model (did training diverge?) and the features named")
 
 
 def relevant_ranks(scores: np.ndarray, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +79,7 @@ def retrieval_metrics(scores: np.ndarray, relevance: np.ndarray, ks=KS, map_k: i
         raise ValueError(f"scores {scores.shape} and relevance {relevance.shape} differ in shape")
     if (n_rel == 0).any():
         raise ValueError(f"{int((n_rel == 0).sum())} queries have no relevant item")
+    require_finite(scores, "the scores", row_kind="query", col_kind="item")
     q_idx, ranks = relevant_ranks(scores, relevance)
     order = np.lexsort((ranks, q_idx))  # group by query, ascending rank
     q_idx, ranks = q_idx[order], ranks[order]

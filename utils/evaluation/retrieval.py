@@ -29,7 +29,15 @@ from utils.base.fileio import write_text_atomic
 from utils.base.plots import plot_ranks
 from utils.base.tables import read_audio_table, read_text_table, write_rows
 from utils.data.relevance import read_relevance, relevance_file
-from utils.evaluation.metrics import PAIRED, metric_definitions, t2a_metrics, t2a_ranks, top_k, xmodal_metrics
+from utils.evaluation.metrics import (
+    PAIRED,
+    metric_definitions,
+    require_finite,
+    t2a_metrics,
+    t2a_ranks,
+    top_k,
+    xmodal_metrics,
+)
 from utils.evaluation.scoring import RERUN_SCORES, ScoreFile, is_query_split, read_scores
 
 DCASE2023_TOP_K = 10  # files per caption in the DCASE 2023 submission format
@@ -107,6 +115,7 @@ def evaluate_split(conf: Config, run_dir: Path, split: str) -> SplitReport:
     with a relevance file (``data.relevance``)."""
     sf = read_scores(runs.eval_file(run_dir, split, "scores"))
     rows, fnames, t2a = align(conf, split, sf)
+    require_finite(sf.scores, f"the scores of split '{split}' in {sf.path}", sf.text_ids, "caption", fnames, "clip")
     captions = [r["raw_text"] for r in rows]
     sub = write_submission(runs.eval_file(run_dir, split, "submission"), sf.scores, captions, fnames,
                            DCASE2023_TOP_K)

@@ -23,10 +23,12 @@ from utils.base.config import Config
 from utils.base.errors import DataError, PipelineError, warn
 from utils.base.fileio import atomic_write
 from utils.base.tables import read_audio_table
-from utils.data.caption_vectors import embedding_model_name, load_text_embeddings
+from utils.data.caption_vectors import load_text_embeddings
 from utils.data.datasets import LogmelStore, load_split, open_features, read_captions
 from utils.evaluation.embedding import TEXT_VECTOR_BATCH, embed_audio, embed_text
+from utils.evaluation.metrics import require_finite
 from utils.runs import LoadedRun
+from utils.text.fingerprint import check_vector_provenance
 
 RERUN_SCORES = "re-run postprocessing/01_xmodal_scores.py"
 
@@ -93,7 +95,7 @@ def load_split_inputs(conf: Config, split: str, text_kind: str = "embedding",
         data = load_split(conf, split, need_embeds=need_embeds)
         rows, fids, store, text_input, query = data.text_rows, data.fids, data.features, data.text_embeds, False
     if need_embeds:
-        check_embedding_model(conf)
+        check_vector_provenance(paths.text_embeds(conf), conf.text.model)  # the run's text.model made them
         text_input = np.asarray(text_input, dtype=np.float32)
         if text_dim is not None and text_input.shape[1] != text_dim:
             raise DataError(
@@ -104,14 +106,6 @@ def load_split_inputs(conf: Config, split: str, text_kind: str = "embedding",
     else:
         text_input = [r["raw_text"] for r in rows]
     return SplitInputs(split, rows, fids, store, text_input, query)
-
-
-def check_embedding_model(conf: Config) -> None:
-    """Warn when the caption-vector file was made by another sentence-transformers model than ``text.model``."""
-    made_with = embedding_model_name(paths.text_embeds(conf))
-    if Path(made_with).name != Path(conf.text.model).name:
-        warn(f"{paths.text_embeds(conf)} was made with '{made_with}' but the run was trained on vectors of "
-             f"'{conf.text.model}'; re-run preprocessing/03_sbert_embeddings.py with text.model={conf.text.model}")
 
 
 @torch.no_grad()
@@ -129,7 +123,17 @@ def score_split(run: LoadedRun, inputs: SplitInputs, batch_size: int, text_batch
         text = embed_text(run.model, inputs.text_input, text_batch_size or TEXT_VECTOR_BATCH, run.device, run.dtype)
     else:
         text = embed_text(run.model, inputs.text_input, text_batch_size or 128, run.device, run.dtype)
-    return run.model.score(audio, text).numpy().astype(np.float32, copy=False)  # (n_captions, n_clips)
+    check_embeddings(f"split '{inputs.split}'", audio, fids, text, [r["tid"] for r in inputs.text_rows])
+    scores = run.model.score(audio, text).numpy().astype(np.float32, copy=False)  # (n_captions, n_clips)
+    require_finite(scores, f"the scores of split '{inputs.split}'")
+    return scores
+
+
+def check_embeddings(where: str, audio: torch.Tensor, fids: list[str], text: torch.Tensor, tids: list[str]) -> None:
+    """:class:`NonFiniteError` naming ``where`` and the first clip (fid) or caption (tid) with a NaN or infinite
+    embedding: such a vector would score as anything."""
+    require_finite(audio.numpy(), f"the clip embeddings of {where}", fids, "clip")
+    require_finite(text.numpy(), f"the caption embeddings of {where}", tids, "caption")
 
 
 def write_scores(path: str | os.PathLike, scores: np.ndarray, text_ids: list[str], audio_ids: list[str],

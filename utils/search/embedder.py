@@ -8,12 +8,10 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from utils import runs
 from utils.base.config import FeatureConf
@@ -21,6 +19,7 @@ from utils.base.errors import DataError, PipelineError
 from utils.data.audio import load_audio
 from utils.evaluation.embedding import TEXT_VECTOR_BATCH, embed_audio, embed_text
 from utils.features.logmel import checked_logmel
+from utils.text.fingerprint import weights_fingerprint
 from utils.text.sbert import encode, load_sbert
 
 AudioItem = str | os.PathLike | tuple | np.ndarray | torch.Tensor  # path, (y, sr), or (time, mels) log-mels
@@ -68,19 +67,14 @@ class Embedder:
     def embed_features(self, mels: Sequence[np.ndarray], progress: bool = False) -> np.ndarray:
         """``[(time, n_mels)]`` log-mels -> ``(n, E)`` float32 unit vectors.
 
-        Only clips of equal length share a batch, so no clip is zero-padded and each embedding is the model's
-        output on that clip alone, whatever else is embedded with it (an index refresh gives the same vectors
-        as a rebuild).
+        Each embedding is the model's output on that clip alone, unpadded (:func:`embed_audio`'s protocol),
+        whatever else is embedded with it: an index refresh gives the same vectors as a rebuild.
         """
-        out = np.empty((len(mels), self.conf.model.audio_enc.out_dim), np.float32)
-        lengths = np.array([m.shape[0] for m in mels], dtype=np.int64)
-        groups = [np.flatnonzero(lengths == n) for n in np.unique(lengths)]
-        for idx in tqdm(groups, desc="embed audio", unit="length", disable=not progress or len(groups) < 2,
-                        leave=False, file=sys.stderr):
-            emb = embed_audio(self.model, lambda k, idx=idx: mels[idx[k]], [int(lengths[idx[0]])] * len(idx),
-                              self.batch_size, self.device, self.run.dtype)  # (len(idx), E)
-            out[idx] = emb.numpy()
-        return out
+        if not mels:
+            return np.empty((0, self.conf.model.audio_enc.out_dim), np.float32)
+        emb = embed_audio(self.model, lambda k: mels[k], [m.shape[0] for m in mels], self.batch_size, self.device,
+                          self.run.dtype, progress=progress, desc="embed audio")  # (n, E)
+        return emb.numpy().astype(np.float32, copy=False)
 
     def embed_audio(self, items: Sequence[AudioItem] | AudioItem, progress: bool = False) -> np.ndarray:
         """Clips -> ``(n, E)`` float32 unit vectors.
@@ -116,6 +110,14 @@ class Embedder:
         fine-tuned its own text encoder, which is part of the checkpoint)."""
         if self._sbert is None and self.model.text_input_kind == "embedding":
             self._sbert = load_sbert(self.conf.text.model, str(self.device))  # DataError says how to get it
+            trained_on = self.run.text_fingerprint
+            if trained_on is not None and weights_fingerprint(self.conf.text.model) != trained_on:
+                self._sbert = None
+                raise PipelineError(
+                    f"text.model '{self.conf.text.model}' is not the text model whose caption vectors "
+                    f"{self.run.checkpoint_file} was trained on (weights {trained_on[:19]}...): queries would be "
+                    "embedded by another model. Restore that model, or re-run preprocessing/03_sbert_embeddings.py "
+                    "with this one and train again")
 
     def text_vectors(self, texts: list[str]) -> np.ndarray:
         """Raw SBERT vectors ``(n, D)`` float32 from ``conf.text.model`` (loaded once)."""

@@ -72,7 +72,7 @@ class Retriever(Embedder):
         st = self.run.checkpoint_file.stat()
         f = self.conf.features
         feats = json.dumps([f.n_mels, f.win_sec, f.hop_sec, FORMULA])
-        return f"{self.run.checkpoint_file.resolve()}|{st.st_mtime_ns}|{st.st_size}|{feats}"
+        return f"{self.run.checkpoint_file.resolve()}|{st.st_mtime_ns}|{st.st_size}|{feats}|{self.run.dtype}"
 
     def index_folder(self, folder: str | os.PathLike, progress: bool = True, rebuild: bool = False) -> IndexUpdate:
         """Index every audio file under ``folder`` (recursively), reusing the cache for unchanged files.

@@ -17,13 +17,14 @@ from tqdm import tqdm
 from models.core import DualEncoderModel
 from utils import runs
 from utils.base.config import Config, to_dict
-from utils.base.devices import autocast
+from utils.base.devices import amp_dtype, autocast
 from utils.base.errors import PipelineError
 from utils.base.fileio import ensure_writable, remove_stale_temps
 from utils.base.plots import plot_curves
 from utils.data.datasets import SplitData
 from utils.evaluation.embedding import embed_audio, embed_text
-from utils.evaluation.metrics import xmodal_metrics
+from utils.evaluation.metrics import NonFiniteError, require_finite, xmodal_metrics
+from utils.evaluation.scoring import check_embeddings
 from utils.training.ddp import (
     Dist,
     barrier,
@@ -127,6 +128,8 @@ def validate(model: DualEncoderModel, data: SplitData, conf: Config, device, dty
     text_part = embed_text(model, text_input, conf.train.eval_batch_size, device, dtype)
     audio_emb = _assemble(gather_objects((clips, audio_part), d), len(data.fids))
     text_emb = _assemble(gather_objects((texts, text_part), d), len(data.text_rows))
+    where = f"validation split '{conf.data.val_split}'"  # the same on every rank: all stop together
+    check_embeddings(where, audio_emb, data.fids, text_emb, [r["tid"] for r in data.text_rows])
 
     order = np.random.default_rng(conf.train.seed).permutation(len(data.text_rows))  # same batches every epoch
     t2a = torch.as_tensor(data.text_to_audio)
@@ -134,7 +137,9 @@ def validate(model: DualEncoderModel, data: SplitData, conf: Config, device, dty
     for start in range(0, len(order), conf.train.batch_size):
         idx = torch.as_tensor(order[start:start + conf.train.batch_size])
         losses.append(float(info_nce(audio_emb[t2a[idx]], text_emb[idx], t2a[idx], conf.train.temperature)))
+    require_finite(losses, f"the validation losses of {where}", row_kind="batch")
     scores = (text_emb @ audio_emb.t()).numpy()  # (n_texts, n_clips)
+    require_finite(scores, f"the scores of {where}", [r["tid"] for r in data.text_rows], "caption", data.fids, "clip")
     metrics = xmodal_metrics(scores, data.text_to_audio)
     return {"val_loss": float(np.mean(losses)), "val_t2a": metrics["t2a"], "val_a2t": metrics["a2t"]}
 
@@ -170,7 +175,10 @@ def fit(s: TrainSetup) -> runs.TrainState:
         return state
     if d.main:
         ensure_writable(runs.run_file(s.run_dir, "checkpoints"), "checkpoints")  # before an epoch of work
-        runs.write_run_info(s.run_dir, conf, s.device, d.world)
+        notes = {"text_model_fingerprint": s.data.text_fingerprint}
+        if s.data.overlap:
+            notes.update(allow_overlap=True, split_overlap=s.data.overlap)
+        runs.write_run_info(s.run_dir, conf, s.device, d.world, state.epoch, notes)
         _tidy_run(s)
         n_params = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
     wandb_run = _maybe_wandb(conf, d)
@@ -206,7 +214,13 @@ def _one_epoch(s: TrainSetup) -> tuple[dict, bool]:
     train_loss = train_one_epoch(s.model, s.train_model, loader, s.optimizer, s.scaler, conf, state, s.data.train,
                                  s.device, s.dtype, s.d)
     t_train = time.time() - t0
-    val = validate(s.model, s.data.val, conf, s.device, s.dtype, s.d)
+    try:
+        val = validate(s.model, s.data.val, conf, s.device, amp_dtype(conf.eval.amp, s.device), s.d)  # float32 by default
+    except NonFiniteError as err:
+        kept = (f"checkpoints/best.pt (epoch {state.best_epoch}, validation t2a mAP@10 {state.best_map:.4f})"
+                if state.best_epoch else "no best.pt (no epoch validated yet)")
+        raise TrainingError(f"training stopped in epoch {state.epoch + 1}: {err}. Kept: {kept} and last.pt of epoch "
+                            f"{state.epoch}; nothing of epoch {state.epoch + 1} was saved") from err
     s.scheduler.step(val["val_loss"])
     state.epoch += 1
     record = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss, **val,
@@ -225,6 +239,7 @@ def _one_epoch(s: TrainSetup) -> tuple[dict, bool]:
 def _save_epoch(s: TrainSetup, record: dict, improved: bool) -> None:
     """Checkpoints, the metrics line, the curves and the console line of one finished epoch."""
     last = runs.last_checkpoint(s.model, s.optimizer, s.scheduler, s.scaler, s.state, s.conf, s.data.text_dim)
+    last["text_fingerprint"] = s.data.text_fingerprint  # which text model's vectors it learnt (search checks)
     if improved:  # best.pt before the last.pt that records it: a kill between them loses nothing
         val = {k: record[k] for k in ("val_loss", "val_t2a", "val_a2t")}
         runs.save_checkpoint(runs.best_checkpoint(last, s.state.epoch, val), s.run_dir, "best")

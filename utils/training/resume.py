@@ -2,7 +2,8 @@
 
     state = resume(run_dir, conf, model, optimizer, scheduler, scaler, restore_rng=True)
 
-A ``last.pt`` that is damaged, was trained with other model settings (named in the message) or does not fit
+A ``last.pt`` that is damaged, was trained with settings that change what its epochs mean (named in the
+message: :func:`settings_differ`; ``train.epochs``, logging, workers, device and ``eval.*`` may change) or does not fit
 the code is one :class:`~utils.base.errors.PipelineError` line with the ``--restart`` hint; a missing or damaged
 ``best.pt`` (a kill under older code, a disk error) is rebuilt from ``last.pt``.
 """
@@ -11,15 +12,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from utils import runs
 from utils.base.config import Config, to_dict
 from utils.base.errors import DataError, PipelineError, warn
 from utils.base.fileio import read_torch_file
 
-# Settings the model's tensors depend on: a change makes the checkpoint's state dict not fit.
-SHAPE_SECTIONS = ("model", "features.n_mels")
 RESTART = "train from scratch with --restart"
 
 
@@ -31,9 +29,9 @@ def resume(run_dir: str | os.PathLike, conf: Config, model, optimizer, scheduler
         ckpt = read_torch_file(path, RESTART, RESTART)
     except DataError as err:
         raise PipelineError(f"cannot resume: {err}") from err
-    if differ := model_settings_differ(ckpt.get("config"), to_dict(conf)):
-        raise PipelineError(f"cannot resume from {path}: it was trained with {differ}; restore that setting, "
-                            f"choose another run.name, or {RESTART}")
+    if differ := settings_differ(ckpt.get("config"), to_dict(conf)):
+        raise PipelineError(f"cannot resume from {path}: its epochs were trained with {differ}; restore that "
+                            f"setting, choose another run.name, or {RESTART}")
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -64,38 +62,28 @@ def repair_best(run_dir: str | os.PathLike, state: runs.TrainState) -> None:
     runs.save_checkpoint(runs.best_checkpoint(last, state.epoch, val), run_dir, "best")
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: node}
+# Settings a resume may change: they do not change what the finished epochs mean (how long to train, logging,
+# speed and device knobs, where files are, evaluation). Every other key (data splits, features, text model, model,
+# loss, temperature, lr and its schedule, the plateau stop, batch size, seed, steps per epoch) must stay.
+RESUMABLE = ("train.epochs", "train.log_every", "train.wandb", "train.num_workers", "train.device", "train.amp",
+             "train.channels_last", "train.compile", "train.in_memory", "train.eval_batch_size", "eval.", "run.",
+             "data.dataset_dir", "data.work_dir", "data.splits", "data.query_splits", "data.eval_splits",
+             "data.relevance", "data.allow_overlap", "features.workers", "features.device", "text.batch_size",
+             "text.device", "pretrained.", "model.audio_enc.init")
 
 
-def _pick(config: dict, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+def resumable(key: str) -> bool:
+    """Whether dotted config ``key`` may differ between a checkpoint and the config that resumes it."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE)
 
 
-def model_settings_differ(saved: dict | None, current: dict) -> str | None:
-    """The model settings in which a checkpoint's config ``saved`` differs from ``current``, as
-    ``"key=old (the config says new), ..."``; None when they agree or the checkpoint has no config."""
+def settings_differ(saved: dict | None, current: dict) -> str | None:
+    """The settings that change what the earlier epochs mean in which a checkpoint's config ``saved`` differs
+    from ``current``, as ``"key=old (the config says new), ..."``; None when they agree or there is no config."""
     if not isinstance(saved, dict):
         return None
-    diffs = []
-    for section in SHAPE_SECTIONS:
-        old = _flatten(_pick(saved, section), section)
-        new = _flatten(_pick(current, section), section)
-        for key in sorted(set(old) | set(new)):
-            if key.endswith(("finetune_lr", ".init")):
-                continue  # a learning rate, or how weights start: neither changes the tensors
-            if old.get(key) != new.get(key):
-                diffs.append(f"{key}={old.get(key)!r} (the config says {new.get(key)!r})")
+    diffs = [f"{key}={old!r} (the config says {new!r})"
+             for key, (old, new) in runs.config_changes(saved, current).items() if not resumable(key)]
     return ", ".join(diffs) or None
 
 

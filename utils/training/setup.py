@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +16,14 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from models.core import DualEncoderModel, build_model
 from utils import runs
+from utils.base import paths
 from utils.base.config import Config
 from utils.base.devices import amp_dtype, resolve_device, use_channels_last
 from utils.base.errors import PipelineError
 from utils.data.datasets import PairDataset, SplitData, collate_pairs
+from utils.data.overlap import check_split_overlap
 from utils.data.split_mix import load_splits
+from utils.text.fingerprint import check_vector_provenance
 from utils.training.ddp import Dist
 from utils.training.resume import resume
 
@@ -33,6 +36,8 @@ class TrainData:
     val: SplitData
     text_kind: str  # 'embedding' (frozen SBERT vectors) or 'text' (a fine-tuned text encoder)
     text_dim: int | None  # SBERT vector size (None for 'text')
+    overlap: list[str] = field(default_factory=list)  # training clips also validated / evaluated on (allowed)
+    text_fingerprint: str | None = None  # weights of the text model that made the vectors (utils.text.fingerprint)
 
 
 @dataclass
@@ -72,7 +77,8 @@ def training_device(conf: Config, d: Dist) -> torch.device:
 
 
 def load_training_data(conf: Config) -> TrainData:
-    """Both splits; every missing or inconsistent file is reported before any training starts."""
+    """Both splits; every missing or inconsistent file is reported before any training starts, and training clips
+    that are also validation or evaluation clips stop it (:func:`utils.data.overlap.check_split_overlap`)."""
     text_kind = "text" if conf.model.text_enc.name == "SentenceTransformerEncoder" else "embedding"
     need_embeds = text_kind == "embedding"
     train = load_splits(conf, conf.data.train_split, need_embeds, conf.train.in_memory)
@@ -80,7 +86,8 @@ def load_training_data(conf: Config) -> TrainData:
     text_dim = int(train.text_embeds.shape[1]) if need_embeds else None
     if need_embeds and val.text_embeds.shape[1] != text_dim:
         raise PipelineError("training and validation SBERT vectors differ in size; re-run stage 3")
-    return TrainData(train, val, text_kind, text_dim)
+    fingerprint = check_vector_provenance(paths.text_embeds(conf), conf.text.model) if need_embeds else None
+    return TrainData(train, val, text_kind, text_dim, check_split_overlap(conf), fingerprint)
 
 
 def build_optimizer(model: DualEncoderModel, conf: Config) -> torch.optim.Optimizer:
