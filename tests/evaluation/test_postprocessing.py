@@ -79,7 +79,7 @@ def write_split(work: Path, split: str, n_clips: int, rng: np.random.Generator, 
     write_rows(work / f"{split}_text.csv", text_rows, TEXT_COLUMNS)
     write_rows(work / f"{split}_audio.csv", audio_rows, AUDIO_COLUMNS)
     vectors = rng.normal(size=(len(text_rows), TEXT_DIM)).astype(np.float32)
-    model, fingerprint = fake_text_model(work)  # the stand-in text model that "made" the vectors
+    model, fingerprint = fake_text_model(work.parent)  # the stand-in text model that "made" the vectors
     update_text_embeddings(work / "sbert_embeds.hdf5", {split: text_rows}, model, lambda texts: vectors, fingerprint)
     return text_rows
 
@@ -90,7 +90,7 @@ def tiny_conf(work: Path, run_dir: Path, text_model: str | None = None, out_dim:
     conf.data.splits = ["evaluation"]
     conf.data.eval_splits = ["evaluation"]
     conf.data.query_splits = {"test": QuerySplitConf()}
-    conf.text.model = text_model or str(work / TEXT_MODEL)  # write_split's stand-in model
+    conf.text.model = text_model or str(work.parent / TEXT_MODEL)  # write_split's stand-in model
     conf.model.audio_enc.width = 0.125
     conf.model.audio_enc.init = "random"
     conf.model.audio_enc.out_dim = out_dim
@@ -367,5 +367,5 @@ def test_scoring_refuses_vectors_of_another_text_model(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
     err = capsys.readouterr().err
-    assert f"made by text model '{work / TEXT_MODEL}'" in err and f"text.model is '{other}'" in err
+    assert f"made by text model '{work.parent / TEXT_MODEL}'" in err and f"text.model is '{other}'" in err
     assert "03_sbert_embeddings.py" in err
