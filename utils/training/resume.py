@@ -15,6 +15,7 @@ from pathlib import Path
 
 from utils import runs
 from utils.base.config import Config, to_dict
+from utils.base.config_diff import config_changes
 from utils.base.errors import DataError, PipelineError, warn
 from utils.base.fileio import read_torch_file
 
@@ -91,7 +92,7 @@ def settings_differ(saved: dict | None, current: dict) -> str | None:
     if not isinstance(saved, dict):
         return None
     diffs = [f"{key}={old!r} (the config says {new!r})"
-             for key, (old, new) in runs.config_changes(saved, current).items() if not resumable(key)]
+             for key, (old, new) in config_changes(saved, current).items() if not resumable(key)]
     return ", ".join(diffs) or None
 
 
