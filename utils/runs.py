@@ -32,6 +32,7 @@ import yaml
 
 from models.core import DualEncoderModel, build_model
 from utils.base.config import Config, from_dict, to_dict
+from utils.base.config_diff import config_changes
 from utils.base.devices import amp_dtype, resolve_device
 from utils.base.errors import DataError, PipelineError, warn
 from utils.base.fileio import read_torch_file, save_torch_file, write_text_atomic
@@ -236,24 +237,6 @@ def _read_old_config(path: Path) -> dict:
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return {}
     return old if isinstance(old, dict) else {}
-
-
-def flatten_config(node, prefix: str = "") -> dict:
-    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}`` (lists and other values are leaves)."""
-    if isinstance(node, dict):
-        out: dict = {}
-        for key, value in node.items():
-            out.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: node}
-
-
-def config_changes(old: dict, new: dict) -> dict[str, tuple]:
-    """Dotted key -> ``(old value, new value)`` for every leaf that differs (nothing when ``old`` is empty)."""
-    if not old:
-        return {}
-    a, b = flatten_config(old), flatten_config(new)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:

@@ -74,3 +74,12 @@ def test_script_reports_config_error_without_traceback(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert "unknown config key 'train.epoch'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_amp_off_is_a_setting_not_a_yaml_boolean():
+    """YAML reads a bare `off` as false: conf.yaml's `eval.amp: off` and `--set eval.amp=off` still mean "off"."""
+    conf = load_config(ROOT / "conf.yaml")
+    assert conf.eval.amp == "off" and conf.train.amp == "auto"
+    conf = load_config(ROOT / "conf.yaml", ["eval.amp=off", "train.amp=off"])
+    assert conf.eval.amp == "off" and conf.train.amp == "off"
+    assert load_config(ROOT / "conf.yaml", ["eval.amp=bf16"]).eval.amp == "bf16"

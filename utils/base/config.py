@@ -206,6 +206,9 @@ class Config:
 
 def _structured(raw: dict) -> Config:
     """``raw`` merged over the schema by OmegaConf (type checks and conversions), as typed dataclasses."""
+    for section in ("train", "eval"):  # YAML reads a bare `amp: off` as false
+        if isinstance(raw.get(section), dict) and raw[section].get("amp") is False:
+            raw = {**raw, section: {**raw[section], "amp": "off"}}
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(raw))
         return OmegaConf.to_object(merged)

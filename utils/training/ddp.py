@@ -69,6 +69,17 @@ def mean_over_ranks(value: torch.Tensor, d: Dist) -> torch.Tensor:
     return value
 
 
+def broadcast_buffers(module: torch.nn.Module, d: Dist) -> None:
+    """Every rank's buffers (BatchNorm running statistics) := rank 0's, the ones its checkpoint saves.
+
+    DDP copies rank 0's buffers to the others before each training forward, but each rank's own last batch
+    then moves its statistics again; validating without this would embed each rank's shard with other statistics.
+    """
+    if d.enabled:
+        for buf in module.buffers():
+            dist.broadcast(buf.data, src=0)
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

@@ -28,6 +28,7 @@ from utils.evaluation.scoring import check_embeddings
 from utils.training.ddp import (
     Dist,
     barrier,
+    broadcast_buffers,
     close_distributed,
     gather_batch,
     gather_objects,
@@ -118,6 +119,7 @@ def validate(model: DualEncoderModel, data: SplitData, conf: Config, device, dty
     ``train.batch_size`` pairs, as the baseline averages batch losses) and the text->audio / audio->text
     metrics. Under DDP each rank embeds a shard and the shards are gathered."""
     model.eval()
+    broadcast_buffers(model, d)  # every rank validates with the BatchNorm statistics that are saved (rank 0's)
     clips = shard(len(data.fids), d)
     audio_part = embed_audio(model, lambda k: data.features[data.fids[clips[k]]],
                              [data.features.n_frames(data.fids[c]) for c in clips],
@@ -188,8 +190,9 @@ def fit(s: TrainSetup) -> runs.TrainState:
 
     while state.epoch < conf.train.epochs:
         record, improved = _one_epoch(s)
+        rng_ranks = gather_objects(runs.rng_state(), d)  # every rank's RNG state, saved in last.pt by rank 0
         if d.main:
-            _save_epoch(s, record, improved)
+            _save_epoch(s, record, improved, rng_ranks)
             if wandb_run is not None:
                 wandb_run.log({"epoch": state.epoch, "train_loss": record["train_loss"], "val_loss": record["val_loss"],
                                **{f"val_t2a/{k}": v for k, v in record["val_t2a"].items()}, "lr": record["lr"]})
@@ -236,9 +239,10 @@ def _one_epoch(s: TrainSetup) -> tuple[dict, bool]:
     return record, improved
 
 
-def _save_epoch(s: TrainSetup, record: dict, improved: bool) -> None:
+def _save_epoch(s: TrainSetup, record: dict, improved: bool, rng_ranks: list[dict]) -> None:
     """Checkpoints, the metrics line, the curves and the console line of one finished epoch."""
     last = runs.last_checkpoint(s.model, s.optimizer, s.scheduler, s.scaler, s.state, s.conf, s.data.text_dim)
+    last["rng_ranks"] = rng_ranks  # rank r's RNG state at [r] (last["rng"] is rank 0's)
     last["text_fingerprint"] = s.data.text_fingerprint  # which text model's vectors it learnt (search checks)
     if improved:  # best.pt before the last.pt that records it: a kill between them loses nothing
         val = {k: record[k] for k in ("val_loss", "val_t2a", "val_a2t")}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from utils import runs
 from utils.base.config import Config, to_dict
+from utils.base.config_diff import config_changes
 from utils.base.errors import DataError, PipelineError, warn
 from utils.base.fileio import read_torch_file
 
@@ -22,8 +23,12 @@ RESTART = "train from scratch with --restart"
 
 
 def resume(run_dir: str | os.PathLike, conf: Config, model, optimizer, scheduler, scaler,
-           restore_rng: bool) -> runs.TrainState:
-    """Load ``last.pt`` into the training objects (after checking it fits ``conf``); returns its state."""
+           restore_rng: bool, rank: int = 0, world: int = 1) -> runs.TrainState:
+    """Load ``last.pt`` into the training objects (after checking it fits ``conf``); returns its state.
+
+    ``restore_rng``: set this process's RNGs to those saved for ``rank`` (every rank's are saved; with another
+    number of processes than ``world`` was, only rank 0 gets its own back, and the others keep their fresh seed).
+    """
     path = runs.checkpoint_file(run_dir, "last")
     try:
         ckpt = read_torch_file(path, RESTART, RESTART)
@@ -39,7 +44,11 @@ def resume(run_dir: str | os.PathLike, conf: Config, model, optimizer, scheduler
         scaler.load_state_dict(ckpt["scaler"])
         state = runs.TrainState(**ckpt["state"])
         if restore_rng:
-            runs.set_rng_state(ckpt["rng"])
+            ranks = ckpt.get("rng_ranks")
+            if isinstance(ranks, list) and len(ranks) == world:
+                runs.set_rng_state(ranks[rank])
+            elif rank == 0:
+                runs.set_rng_state(ckpt["rng"])
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise PipelineError(f"cannot resume from {path}: it does not fit this config or code "
                             f"({str(err).splitlines()[0][:200]}); {RESTART}") from err
@@ -83,7 +92,7 @@ def settings_differ(saved: dict | None, current: dict) -> str | None:
     if not isinstance(saved, dict):
         return None
     diffs = [f"{key}={old!r} (the config says {new!r})"
-             for key, (old, new) in runs.config_changes(saved, current).items() if not resumable(key)]
+             for key, (old, new) in config_changes(saved, current).items() if not resumable(key)]
     return ", ".join(diffs) or None
 
 

@@ -145,7 +145,8 @@ def setup_training(conf: Config, d: Dist, restart: bool = False, data: TrainData
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     state = runs.TrainState()
     if resuming:
-        state = resume(conf.run_dir, conf, model, optimizer, scheduler, scaler, restore_rng=d.rank == 0)
+        state = resume(conf.run_dir, conf, model, optimizer, scheduler, scaler, restore_rng=True, rank=d.rank,
+                       world=d.world)
 
     ddp_model = model
     if d.enabled:
