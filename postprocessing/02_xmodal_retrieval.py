@@ -6,7 +6,9 @@ Reads RUN_DIR/eval/<split>_xmodal_scores.hdf5 (from 01_xmodal_scores.py) and the
 writes to RUN_DIR/eval/:
     <split>.t2a_submission.csv   DCASE 2023 format: caption,file_name_1,...,file_name_10 (best first)
     <split>.t2a_submission_top<k>.csv   the same with k = eval.top_k files (when k != 10)
-    <split>_metrics.json         {"t2a": {mAP@10, R@1, R@5, R@10}, "a2t": {...}, "definitions": {...}}
+    <split>_metrics.json         {"t2a": {mAP@10, R@1, R@5, R@10}, "a2t": {...}, "ci95": {"t2a": {"mAP@10": [lo, hi],
+                                 ...}, "a2t": {...}}, "definitions": {...}} (ci95: percentile bootstrap over queries,
+                                 eval.bootstrap_resamples / eval.bootstrap_seed; utils.evaluation.stats)
                                  (utils.evaluation.metrics; k from eval.map_k / eval.recall_ks; t2a from data.relevance if set)
     <split>_ranks.csv, .png      rank of each caption's true clip, and its histogram
 Query splits (data.query_splits: no ground truth) get the submission only.
@@ -39,11 +41,11 @@ def main(args, conf) -> None:
             print(f"[{split}] query split (no ground truth): wrote {report.submission}")
             continue
         if report.ranks is None:
-            print(f"[{split}] query split with a relevance file:\n{format_table(report.metrics)}")
+            print(f"[{split}] query split with a relevance file:\n{format_table(report.metrics, report.ci95)}")
             continue
         median = float(np.median(report.ranks))
         print(f"[{split}] {len(report.ranks)} captions, median rank of the true clip {median:g}")
-        print(format_table(report.metrics))
+        print(format_table(report.metrics, report.ci95))
         print(chance_line(len(read_scores(eval_file(run_dir, split, "scores")).audio_ids)))
         print(f"wrote {report.submission} and {split}_metrics.json, {split}_ranks.csv/.png in {report.submission.parent}")
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from reference_metrics import naive_per_query
 
 from models.core import build_model
 from utils.base.config import Config, QuerySplitConf, to_dict
@@ -21,6 +22,7 @@ from utils.base.tables import AUDIO_COLUMNS, TEXT_COLUMNS, read_text_table, writ
 from utils.data.caption_vectors import update_text_embeddings
 from utils.evaluation.metrics import t2a_ranks, top_k, xmodal_metrics
 from utils.evaluation.scoring import read_scores, write_scores
+from utils.evaluation.stats import bootstrap_ci
 from utils.runs import load_run
 from utils.search.retriever import Retriever
 
@@ -234,6 +236,7 @@ def test_metrics_ranks_and_submission(tiny, capsys):
 
     metrics = json.loads((ev / "evaluation_metrics.json").read_text())
     assert "fraction of the clip's captions found" in metrics.pop("definitions")["R@k"]
+    metrics.pop("ci95")  # checked in test_metrics_json_intervals
     expected = xmodal_metrics(sf.scores, t2a)
     assert metrics == expected and set(metrics["t2a"]) == {"mAP@10", "R@1", "R@5", "R@10"}
     assert f"{expected['t2a']['mAP@10']:.4f}" in out and "a2t" in out
@@ -257,6 +260,31 @@ def test_metrics_ranks_and_submission(tiny, capsys):
         cols = [sf.audio_ids.index(fid_of[name]) for name in row[1:]]
         assert cols == np.argsort(-sf.scores[i], kind="stable")[:10].tolist()
     assert any('"' in r[0] and "," in r[0] for r in table[1:]) and any("," in n for r in table[1:] for n in r[1:])
+
+
+def test_metrics_json_intervals(tiny, capsys):
+    """ci95: the bootstrap of per-query values computed here by hand (naive walks), not by the metrics module."""
+    work, run_dir, _ = tiny
+    run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    run_script(RETRIEVAL, ["--run", str(run_dir), "--splits", "evaluation", "--set", "eval.bootstrap_resamples=300",
+                           "--set", "eval.bootstrap_seed=4"])
+    out = capsys.readouterr().out
+    metrics = json.loads((run_dir / "eval" / "evaluation_metrics.json").read_text())
+    sf = read_scores(run_dir / "eval" / "evaluation_xmodal_scores.hdf5")
+    rows = read_text_table(work / "evaluation_text.csv")
+    rel = np.zeros(sf.scores.shape, bool)
+    rel[np.arange(len(rows)), [sf.audio_ids.index(r["fid"]) for r in rows]] = True
+    expected = {"t2a": bootstrap_ci(naive_per_query(sf.scores, rel), 300, 4),
+                "a2t": bootstrap_ci(naive_per_query(sf.scores.T, rel.T), 300, 4)}
+    assert set(metrics["ci95"]) == {"t2a", "a2t"}
+    for direction in ("t2a", "a2t"):
+        assert list(metrics["ci95"][direction]) == list(metrics[direction])
+        for name, (lo, hi) in metrics["ci95"][direction].items():
+            assert [lo, hi] == pytest.approx(expected[direction][name])
+            assert lo <= metrics[direction][name] <= hi
+    assert "300 resamples" in metrics["definitions"]["ci95"] and "seed 4" in metrics["definitions"]["ci95"]
+    lo, hi = metrics["ci95"]["t2a"]["mAP@10"]
+    assert f"[{lo:.3f}, {hi:.3f}]" in out and "95% CI" in out
 
 
 def test_id_mismatch_is_a_clear_error(tiny, capsys):
