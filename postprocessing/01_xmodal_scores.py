@@ -2,6 +2,7 @@
 
     python postprocessing/01_xmodal_scores.py --conf conf.yaml --run runs/baseline [--checkpoint best|last]
                                               [--splits evaluation ...] [--device auto]
+    python postprocessing/01_xmodal_scores.py --conf conf.yaml --run 'runs/baseline-seed*'   # each run in turn
 
 Loads the run's model (RUN_DIR/config.yaml + checkpoints/<checkpoint>.pt); data paths and eval settings come
 from --conf (default: the run's own config.yaml) and --set. For each split of data.eval_splits and
@@ -15,7 +16,7 @@ from __future__ import annotations
 import time
 
 from utils.base.fileio import ensure_writable
-from utils.cli import add_run_args, make_parser, run, run_dir_of
+from utils.cli import add_run_args, make_parser, run, run_dirs_of
 from utils.evaluation.scoring import (
     eval_config,
     load_split_inputs,
@@ -27,8 +28,15 @@ from utils.runs import eval_file, load_run, run_file
 
 
 def main(args, conf) -> None:
-    run_dir = run_dir_of(args, conf)
-    ensure_writable(run_file(run_dir, "eval"), "evaluation results")  # before the work, not after it
+    run_dirs = run_dirs_of(args, conf)
+    for run_dir in run_dirs:
+        ensure_writable(run_file(run_dir, "eval"), "evaluation results")  # before the work, not after it
+    for run_dir in run_dirs:
+        score_run(args, conf, run_dir)
+
+
+def score_run(args, conf, run_dir) -> None:
+    """Score every split of one run."""
     loaded = load_run(run_dir, args.checkpoint or conf.eval.checkpoint, args.device or conf.train.device)
     conf = eval_config(conf, loaded.conf)
     print(f"run {run_dir}: checkpoints/{loaded.checkpoint}.pt (epoch {loaded.epoch}) on {loaded.device}")

@@ -1,6 +1,7 @@
 """Postprocessing 2: retrieval metrics, DCASE submission files and rank plots from the score matrices.
 
     python postprocessing/02_xmodal_retrieval.py --conf conf.yaml --run runs/baseline [--splits evaluation ...]
+    python postprocessing/02_xmodal_retrieval.py --conf conf.yaml --run 'runs/baseline-seed*'   # each run in turn
 
 Reads RUN_DIR/eval/<split>_xmodal_scores.hdf5 (from 01_xmodal_scores.py) and the split's caption table, and
 writes to RUN_DIR/eval/:
@@ -19,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from utils.base.fileio import ensure_writable
-from utils.cli import add_run_args, make_parser, run, run_dir_of
+from utils.cli import add_run_args, make_parser, run, run_dirs_of
 from utils.evaluation.metrics import format_table
 from utils.evaluation.retrieval import evaluate_split
 from utils.evaluation.scoring import read_scores, splits_to_score
@@ -33,8 +34,17 @@ def chance_line(n_clips: int) -> str:
 
 
 def main(args, conf) -> None:
-    run_dir = run_dir_of(args, conf)
-    ensure_writable(run_file(run_dir, "eval"), "evaluation results")  # before the work, not after it
+    run_dirs = run_dirs_of(args, conf)
+    for run_dir in run_dirs:
+        ensure_writable(run_file(run_dir, "eval"), "evaluation results")  # before the work, not after it
+    for run_dir in run_dirs:
+        if len(run_dirs) > 1:
+            print(f"run {run_dir}")
+        evaluate_run(args, conf, run_dir)
+
+
+def evaluate_run(args, conf, run_dir) -> None:
+    """Stage 02 for every split of one run, printing its metrics."""
     for split in splits_to_score(conf, args.splits):
         report = evaluate_split(conf, run_dir, split)
         if report.metrics is None:

@@ -126,10 +126,10 @@ class SplitQueries:
     definitions: dict[str, str]
 
 
-def split_queries(conf: Config, run_dir: Path, split: str) -> SplitQueries:
-    """Read ``<run>/eval/<split>_xmodal_scores.hdf5``, check it against the split's tables and compute each
-    query's metrics (t2a from the split's relevance file when ``data.relevance`` names one)."""
-    sf = read_scores(runs.eval_file(run_dir, split, "scores"))
+def split_queries(conf: Config, run_dir: Path, split: str, sf: ScoreFile | None = None) -> SplitQueries:
+    """Read ``<run>/eval/<split>_xmodal_scores.hdf5`` (unless ``sf`` is that file, read), check it against the
+    split's tables and compute each query's metrics (t2a from the relevance file ``data.relevance`` names)."""
+    sf = sf or read_scores(runs.eval_file(run_dir, split, "scores"))
     rows, fnames, t2a = align(conf, split, sf)
     ev = conf.eval
     rel_path = relevance_file(conf, split)
