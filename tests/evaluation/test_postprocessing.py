@@ -187,6 +187,27 @@ def test_batching_is_exact_for_equal_length_clips(tmp_path):
     np.testing.assert_allclose([sf.scores[i, j] for i, j in pairs], expected, atol=1e-5)
 
 
+def test_several_runs_and_globs(tiny, capsys):
+    work, run_dir, _ = tiny
+    seeds = []
+    for k in (0, 1):
+        seed_dir = run_dir.parent / f"s-seed{k}"
+        seeds.append(make_run_dir(seed_dir, tiny_conf(work, seed_dir), seed=k + 1))
+    run_script(SCORES, ["--run", str(run_dir.parent / "s-seed*"), "--splits", "evaluation"])
+    a, b = (read_scores(r / "eval" / "evaluation_xmodal_scores.hdf5").scores for r in seeds)
+    assert a.shape == b.shape == (24, 12) and np.abs(a - b).max() > 1e-3  # each run scored with its own model
+    assert not (run_dir / "eval").exists()
+    capsys.readouterr()
+    run_script(RETRIEVAL, ["--run", str(seeds[0]), "--run", str(seeds[1]), "--splits", "evaluation"])
+    out = capsys.readouterr().out
+    for r in seeds:
+        m = json.loads((r / "eval" / "evaluation_metrics.json").read_text())
+        assert f"run {r}" in out and f"{m['t2a']['mAP@10']:.4f}" in out
+    with pytest.raises(SystemExit):
+        run_script(RETRIEVAL, ["--run", str(run_dir.parent / "nothing-*")])
+    assert "matches no run directory" in capsys.readouterr().err
+
+
 def test_missing_features_name_the_file_and_stage(tiny, capsys):
     work, run_dir, _ = tiny
     (work / "evaluation_audio_logmels.hdf5").unlink()
