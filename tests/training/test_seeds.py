@@ -5,11 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 import yaml
 from conftest import ROOT, write_config
+from test_ddp import free_port
 
 from utils.base.config import ConfigError
 from utils.cli import call
@@ -70,3 +73,16 @@ def test_parse_seeds():
     for bad in ("", "0,0", "a,b", "-1", "1.5"):
         with pytest.raises(ConfigError, match="--seeds"):
             parse_seeds(bad)
+
+
+def test_seeds_under_torchrun(tiny_work, tmp_path):
+    conf = write_config(tmp_path / "c.yaml", tiny_work, tmp_path / "runs" / "d",
+                        train={"epochs": 1, "max_steps_per_epoch": 2})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(ROOT / "main.py"), "--conf", str(conf), "--seeds", "0,1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("2 processes") == 2  # one process group, both seeds trained with DDP
+    for k in (0, 1):
+        lines = (tmp_path / "runs" / f"d-seed{k}" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1]  # written once, by rank 0 only
