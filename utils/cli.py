@@ -73,10 +73,10 @@ def run_dir_of(args: argparse.Namespace, conf: Config) -> Path:
 
 
 def config_of(args: argparse.Namespace) -> Config:
-    """``--conf`` with ``--set`` on top. Without ``--conf``: the run's own ``config.yaml`` when ``--run`` names a
-    run that has one (so overrides apply on top of the settings it was trained with), else ``conf.yaml``."""
+    """``--conf`` with ``--set`` on top. Without ``--conf``: the run's own ``config.yaml`` when ``--run`` (or
+    ``--ensemble``) names a run that has one (so overrides apply on top of the settings it was trained with), else ``conf.yaml``."""
     path = args.conf
-    runs = getattr(args, "run", None)
+    runs = getattr(args, "run", None) or getattr(args, "ensemble", None)  # a run, else an ensemble's first member
     run_dir = expand_runs(runs)[0] if runs else None
     if path is None and run_dir and config_file(run_dir).is_file():
         path = config_file(run_dir)

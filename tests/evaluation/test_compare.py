@@ -124,6 +124,25 @@ def _conf_file(tmp_path: Path) -> Path:
     return conf
 
 
+def test_a_relevance_file_gives_the_multi_relevance_t2a_metrics(tmp_path):
+    rng = np.random.default_rng(4)
+    tids, fids = make_tables(tmp_path / "work", 8, 1)
+    relevance = rng.random((8, 8)) < 0.3
+    relevance[np.arange(8), np.arange(8)] = True  # each caption's own clip, and a few more
+    rows = [f"caption 1 of {fids[i]},{fids[j]}.wav,1" for i, j in zip(*np.nonzero(relevance), strict=True)]
+    (tmp_path / "work" / "rel.csv").write_text("caption,file_name,relevance\n" + "\n".join(rows) + "\n")
+    conf = conf_for(tmp_path, resamples=200)
+    conf.data.relevance, conf.eval.map_k = {"evaluation": "rel.csv"}, 16
+    a_scores, b_scores = rng.normal(size=(8, 8)), rng.normal(size=(8, 8))
+    a = scored_run(tmp_path, "A", a_scores, tids, fids)
+    b = scored_run(tmp_path, "B", b_scores, tids, fids)
+    result, _, _ = compare_runs(conf, [a], [b], "evaluation", 200, 0)
+    v = result["metrics"]["t2a"]["mAP@16"]
+    ref_a, ref_b = (naive_per_query(s, relevance, map_k=16)["mAP@16"] for s in (a_scores, b_scores))
+    assert (v["a"], v["b"]) == pytest.approx((ref_a.mean(), ref_b.mean()))
+    assert "mAP@16" in result["metrics"]["a2t"]  # a2t keeps the pairing, with the same cut-offs
+
+
 def test_groups_of_seeds_average_per_query_first(tmp_path, capsys):
     rng = np.random.default_rng(2)
     tids, fids = make_tables(tmp_path / "work", 10, 2)
