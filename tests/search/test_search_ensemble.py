@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
+from urllib.request import urlopen
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from test_search import load_search, write_folder
 from utils.base.config import Config
 from utils.runs import load_run_config, write_ensemble_record
 from utils.search.ensemble import EnsembleRetriever, open_retriever
+from utils.search.page import BackgroundServer
+from utils.search.page_state import open_page
 from utils.search.retriever import Retriever
 
 QUERY = "a high pitched beep"
@@ -78,3 +82,19 @@ def test_an_ensemble_of_one_searches_as_that_run(ensemble):
     np.testing.assert_allclose(ens.index.embeddings, single.index.embeddings, atol=1e-6)
     assert ens.index_path(folder).parent == runs / "ens1" / "search_index"  # cached in the ensemble's own folder
     assert isinstance(ens.conf, Config) and ens.conf.model.audio_enc.out_dim == 16
+
+
+def test_the_listening_page_ranks_by_the_mean_of_the_members(ensemble):
+    runs, members, folder, files = ensemble
+    r = open_retriever(runs / "ens", device="cpu")
+    state = open_page(r, lambda: r.index_folder(folder, progress=False), str(folder))
+    paths = sorted(files.values())
+    for target, query_of in ((f"/api/search?q={quote(QUERY)}&k=5", lambda m: m.embed_text([QUERY])),
+                             ("/api/like?path=high.wav&k=5", lambda m: m.embed_audio([files["high.wav"]]))):
+        expected = member_scores(members, paths, query_of)
+        order = np.argsort(-expected, kind="stable")
+        with BackgroundServer(state) as url:
+            body = json.loads(urlopen(url.rstrip("/") + target, timeout=60).read())
+        assert [x["path"] for x in body["results"]] == [paths[i].relative_to(folder).as_posix() for i in order]
+        np.testing.assert_allclose([x["score"] for x in body["results"]], expected[order], atol=6e-5)  # 4 decimals
+    assert json.loads(json.dumps(state.status()))["run"] == str(runs / "ens")
