@@ -20,6 +20,7 @@ from pathlib import Path
 from utils.base.errors import DataError, PipelineError
 from utils.cli import call
 from utils.search.embedder import check_queries
+from utils.search.ensemble import open_retriever
 from utils.search.index import IndexUpdate
 from utils.search.modes import read_file_list, results_json
 from utils.search.page import serve as serve_page
@@ -30,7 +31,8 @@ from utils.search.retriever import Retriever
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("queries", nargs="*", metavar="QUERY", help="one or more captions to search for")
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory made by main.py")
+    parser.add_argument("--run", required=True, metavar="RUN_DIR",
+                        help="run directory made by main.py, or an ensemble (01_xmodal_scores.py --ensemble)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio", metavar="DIR", help="folder of audio files (searched recursively)")
     source.add_argument("--files", metavar="LIST.txt", help="text file naming the audio files, one per line")
@@ -85,7 +87,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def search(args: argparse.Namespace) -> None:
     check_args(args)
-    retriever = Retriever.from_run(args.run, args.checkpoint, args.device)
+    retriever = open_retriever(args.run, args.checkpoint, args.device)  # an ensemble run too
     files = read_file_list(args.files) if args.files else None
 
     def refresh() -> IndexUpdate:

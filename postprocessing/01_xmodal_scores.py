@@ -2,21 +2,27 @@
 
     python postprocessing/01_xmodal_scores.py --conf conf.yaml --run runs/baseline [--checkpoint best|last]
                                               [--splits evaluation ...] [--device auto]
+    python postprocessing/01_xmodal_scores.py --conf conf.yaml --run 'runs/baseline-seed*'   # each run in turn
+    python postprocessing/01_xmodal_scores.py --conf conf.yaml --ensemble runs/A runs/B --out runs/ens-AB
 
 Loads the run's model (RUN_DIR/config.yaml + checkpoints/<checkpoint>.pt); data paths and eval settings come
 from --conf (default: the run's own config.yaml) and --set. For each split of data.eval_splits and
 data.query_splits, every clip and every caption is embedded once (clips batched by length, eval.batch_size)
 and the scores are one matrix product, written to RUN_DIR/eval/<split>_xmodal_scores.hdf5:
 scores float32 (n_captions, n_clips), text_ids (row order of <split>_text.csv), audio_ids (fids).
+--ensemble writes a run directory (--out) whose scores are the mean of the members' (utils.evaluation.ensemble).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from utils.base.devices import amp_dtype
+from utils.base.errors import PipelineError
 from utils.base.fileio import ensure_writable
-from utils.cli import add_run_args, make_parser, run, run_dir_of
+from utils.cli import add_run_args, expand_runs, make_parser, run, run_dirs_of
+from utils.evaluation.ensemble import score_ensemble
 from utils.evaluation.scoring import (
     eval_config,
     load_split_inputs,
@@ -28,8 +34,22 @@ from utils.runs import eval_file, load_run, run_file
 
 
 def main(args, conf) -> None:
-    run_dir = run_dir_of(args, conf)
-    ensure_writable(run_file(run_dir, "eval"), "evaluation results")  # before the work, not after it
+    if args.ensemble:
+        if not args.out or args.run:
+            raise PipelineError("--ensemble RUN ... needs --out DIR (the ensemble's run directory) and no --run")
+        ensure_writable(run_file(args.out, "eval"), "evaluation results")
+        score_ensemble(conf, expand_runs(args.ensemble), Path(args.out), args.checkpoint or conf.eval.checkpoint,
+                       args.device or conf.train.device, args.splits)
+        return
+    run_dirs = run_dirs_of(args, conf)
+    for run_dir in run_dirs:
+        ensure_writable(run_file(run_dir, "eval"), "evaluation results")  # before the work, not after it
+    for run_dir in run_dirs:
+        score_run(args, conf, run_dir)
+
+
+def score_run(args, conf, run_dir) -> None:
+    """Score every split of one run."""
     loaded = load_run(run_dir, args.checkpoint or conf.eval.checkpoint, args.device or conf.train.device)
     conf = eval_config(conf, loaded.conf)
     loaded.dtype = amp_dtype(conf.eval.amp, loaded.device)  # float32 unless --set eval.amp=... asks for autocast
@@ -53,6 +73,9 @@ parser.add_argument("--checkpoint", choices=["best", "last"], default=None,
 parser.add_argument("--splits", nargs="+", default=None,
                     help="splits to score (default: data.eval_splits + data.query_splits)")
 parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: train.device)")
+parser.add_argument("--ensemble", nargs="+", default=None, metavar="RUN_DIR",
+                    help="score an ensemble of these runs (globs too): the mean of their similarity matrices")
+parser.add_argument("--out", default=None, metavar="DIR", help="with --ensemble: the ensemble's run directory")
 
 if __name__ == "__main__":
     run(main, parser)

@@ -11,6 +11,7 @@ search (:mod:`utils.search.retriever`) read it. All of them go through this modu
     <run>/checkpoints/best.pt       model, config, text_dim, epoch and validation metrics of the best epoch
     <run>/eval/<split>_...          postprocessing outputs (EVAL_FILES below)
     <run>/search_index/             search.py's cached folder indexes
+    <run>/ensemble.json             only in an ensemble (01_xmodal_scores.py --ensemble): its member runs
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ VERSIONED_LIBRARIES = ("torch", "numpy", "h5py", "librosa", "soundfile", "senten
 
 RUN_FILES = {  # kind -> path inside the run directory
     "config": "config.yaml", "run_info": "run_info.json", "metrics": "metrics.jsonl", "curves": "curves.png",
-    "checkpoints": "checkpoints", "search_index": "search_index", "eval": "eval",
+    "checkpoints": "checkpoints", "search_index": "search_index", "eval": "eval", "ensemble": "ensemble.json",
 }
 EVAL_FILES = {  # kind -> file name after "<split>" inside <run>/eval/
     "scores": "_xmodal_scores.hdf5", "metrics": "_metrics.json", "submission": ".t2a_submission.csv",
@@ -146,6 +147,9 @@ def checkpoint_path(run_dir: str | os.PathLike, checkpoint: str = "best") -> Pat
         raise PipelineError(f"checkpoint must be one of {list(CHECKPOINTS)}, got '{checkpoint}'")
     run_dir = Path(run_dir)
     path = checkpoint_file(run_dir, checkpoint)
+    if not path.is_file() and ensemble_members(run_dir):
+        raise PipelineError(f"{run_dir} is an ensemble ({run_file(run_dir, 'ensemble')}), not a trained run: score it "
+                            "with postprocessing/01_xmodal_scores.py --ensemble MEMBER ... --out DIR")
     if not path.is_file():
         where = "is not a directory" if not run_dir.is_dir() else f"has no checkpoints/{checkpoint}.pt"
         raise PipelineError(
@@ -258,6 +262,28 @@ def load_run_config(run_dir: str | os.PathLike) -> Config:
     if not path.is_file():
         raise PipelineError(f"{path} not found: is {run_dir} a run directory made by main.py?")
     return from_dict(load_yaml_mapping(path, "run config", "restore it, or delete it to use the checkpoint's copy"))
+
+
+def write_ensemble_record(out: Path, members: list[Path], checkpoint: str, conf: Config) -> None:
+    """An ensemble's ``ensemble.json`` (members as paths relative to ``out``, the checkpoint, when) and its
+    ``config.yaml`` (``conf``, the first member's settings, named after ``out``)."""
+    record = {"members": [os.path.relpath(Path(m).resolve(), Path(out).resolve()) for m in members],
+              "checkpoint": checkpoint, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_text_atomic(run_file(out, "ensemble"), json.dumps(record, indent=2) + "\n")
+    named = dict(to_dict(conf), run={"dir": str(Path(out).parent), "name": Path(out).name})
+    write_text_atomic(config_file(out), yaml.safe_dump(named, sort_keys=False))
+
+
+def ensemble_members(run_dir: str | os.PathLike) -> list[Path] | None:
+    """The member runs of an ensemble directory, or None when ``run_dir`` is not one."""
+    path = run_file(run_dir, "ensemble")
+    if not path.is_file():
+        return None
+    try:
+        members = json.loads(path.read_text(encoding="utf-8"))["members"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path} is not an ensemble record ({err}); re-run 01_xmodal_scores.py --ensemble") from err
+    return [(Path(run_dir) / m).resolve() for m in members]
 
 
 # --------------------------------------------------------------------------------------------

@@ -166,7 +166,8 @@ def test_stage_02_uses_the_relevance_file_and_config_cut_offs(tmp_path):
     assert set(metrics["a2t"]) == {"mAP@3", "R@1", "R@3"}
     assert "rel.csv" in metrics["definitions"]["t2a"] and "mAP@3" in metrics["definitions"]
     assert "not whether any caption was found" in metrics["definitions"]["R@k"]
-    assert report.metrics == {k: v for k, v in metrics.items() if k != "definitions"}
+    assert report.metrics == {k: v for k, v in metrics.items() if k not in ("definitions", "ci95")}
+    assert report.ci95 == metrics["ci95"]
     with open(run_dir / "eval" / "evaluation.t2a_submission.csv", newline="", encoding="utf-8") as f:
         dcase2023 = list(csv.reader(f))  # the 2023 format, top 10 (here all 5 clips)
     assert dcase2023[0] == ["caption"] + [f"file_name_{i}" for i in range(1, 6)]
@@ -188,6 +189,6 @@ def test_query_split_with_relevance_gets_t2a_metrics(tmp_path, capsys):
     RETRIEVAL.run(RETRIEVAL.main, RETRIEVAL.parser, ["--conf", str(conf), "--run", str(run_dir)])
     metrics = json.loads((run_dir / "eval" / "test_metrics.json").read_text())
     assert metrics["t2a"] == pytest.approx({"mAP@10": 1 / 4, "R@1": 0.0, "R@5": 1.0, "R@10": 1.0})
-    assert set(metrics) == {"t2a", "definitions"}
+    assert set(metrics) == {"t2a", "ci95", "definitions"} and set(metrics["ci95"]) == {"t2a"}
     assert "relevance file" in capsys.readouterr().out
     assert not (run_dir / "eval" / "test.t2a_submission_top10.csv").exists()  # top_k = 10: the 2023 file only

@@ -15,6 +15,7 @@ import torch
 import yaml
 from builders import TEXT_DIM, make_run_dir, tiny_conf
 from conftest import TEXT_MODEL, fake_text_model
+from reference_metrics import naive_per_query
 
 from utils.base.config import to_dict
 from utils.base.errors import PipelineError
@@ -22,6 +23,7 @@ from utils.base.tables import AUDIO_COLUMNS, TEXT_COLUMNS, read_text_table, writ
 from utils.data.caption_vectors import update_text_embeddings
 from utils.evaluation.metrics import top_k
 from utils.evaluation.scoring import read_scores, write_scores
+from utils.evaluation.stats import bootstrap_ci
 from utils.runs import load_run
 from utils.search.retriever import Retriever
 
@@ -201,6 +203,27 @@ def test_batching_is_exact_for_equal_length_clips(tmp_path):
     np.testing.assert_allclose([sf.scores[i, j] for i, j in pairs], expected, atol=1e-5)
 
 
+def test_several_runs_and_globs(tiny, capsys):
+    work, run_dir, _ = tiny
+    seeds = []
+    for k in (0, 1):
+        seed_dir = run_dir.parent / f"s-seed{k}"
+        seeds.append(make_run_dir(seed_dir, tiny_conf(work, seed_dir), seed=k + 1))
+    run_script(SCORES, ["--run", str(run_dir.parent / "s-seed*"), "--splits", "evaluation"])
+    a, b = (read_scores(r / "eval" / "evaluation_xmodal_scores.hdf5").scores for r in seeds)
+    assert a.shape == b.shape == (24, 12) and np.abs(a - b).max() > 1e-3  # each run scored with its own model
+    assert not (run_dir / "eval").exists()
+    capsys.readouterr()
+    run_script(RETRIEVAL, ["--run", str(seeds[0]), "--run", str(seeds[1]), "--splits", "evaluation"])
+    out = capsys.readouterr().out
+    for r in seeds:
+        m = json.loads((r / "eval" / "evaluation_metrics.json").read_text())
+        assert f"run {r}" in out and f"{m['t2a']['mAP@10']:.4f}" in out
+    with pytest.raises(SystemExit):
+        run_script(RETRIEVAL, ["--run", str(run_dir.parent / "nothing-*")])
+    assert "matches no run directory" in capsys.readouterr().err
+
+
 def test_missing_features_name_the_file_and_stage(tiny, capsys):
     work, run_dir, _ = tiny
     (work / "evaluation_audio_logmels.hdf5").unlink()
@@ -272,6 +295,7 @@ def test_metrics_ranks_and_submission(tiny, capsys):
 
     metrics = json.loads((ev / "evaluation_metrics.json").read_text())
     assert "fraction of the clip's captions found" in metrics.pop("definitions")["R@k"]
+    metrics.pop("ci95")  # checked in test_metrics_json_intervals
     expected = brute_force_metrics(sf.scores, t2a)  # an independent loop, not xmodal_metrics
     assert set(metrics["t2a"]) == {"mAP@10", "R@1", "R@5", "R@10"}
     for direction in ("t2a", "a2t"):
@@ -299,6 +323,31 @@ def test_metrics_ranks_and_submission(tiny, capsys):
         cols = [sf.audio_ids.index(fid_of[name]) for name in row[1:]]
         assert cols == np.argsort(-sf.scores[i], kind="stable")[:10].tolist()
     assert any('"' in r[0] and "," in r[0] for r in table[1:]) and any("," in n for r in table[1:] for n in r[1:])
+
+
+def test_metrics_json_intervals(tiny, capsys):
+    """ci95: the bootstrap of per-query values computed here by hand (naive walks), not by the metrics module."""
+    work, run_dir, _ = tiny
+    run_script(SCORES, ["--run", str(run_dir), "--splits", "evaluation"])
+    run_script(RETRIEVAL, ["--run", str(run_dir), "--splits", "evaluation", "--set", "eval.bootstrap_resamples=300",
+                           "--set", "eval.bootstrap_seed=4"])
+    out = capsys.readouterr().out
+    metrics = json.loads((run_dir / "eval" / "evaluation_metrics.json").read_text())
+    sf = read_scores(run_dir / "eval" / "evaluation_xmodal_scores.hdf5")
+    rows = read_text_table(work / "evaluation_text.csv")
+    rel = np.zeros(sf.scores.shape, bool)
+    rel[np.arange(len(rows)), [sf.audio_ids.index(r["fid"]) for r in rows]] = True
+    expected = {"t2a": bootstrap_ci(naive_per_query(sf.scores, rel), 300, 4),
+                "a2t": bootstrap_ci(naive_per_query(sf.scores.T, rel.T), 300, 4)}
+    assert set(metrics["ci95"]) == {"t2a", "a2t"}
+    for direction in ("t2a", "a2t"):
+        assert list(metrics["ci95"][direction]) == list(metrics[direction])
+        for name, (lo, hi) in metrics["ci95"][direction].items():
+            assert [lo, hi] == pytest.approx(expected[direction][name])
+            assert lo <= metrics[direction][name] <= hi
+    assert "300 resamples" in metrics["definitions"]["ci95"] and "seed 4" in metrics["definitions"]["ci95"]
+    lo, hi = metrics["ci95"]["t2a"]["mAP@10"]
+    assert f"[{lo:.3f}, {hi:.3f}]" in out and "95% CI" in out
 
 
 def test_id_mismatch_is_a_clear_error(tiny, capsys):

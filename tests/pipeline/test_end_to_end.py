@@ -82,7 +82,7 @@ def test_postprocessing_and_search(demo):
     run_script("postprocessing/01_xmodal_scores.py", demo["conf"], "--run", str(demo["run"]))
     proc = run_script("postprocessing/02_xmodal_retrieval.py", demo["conf"], "--run", str(demo["run"]))
     metrics = json.loads((demo["run"] / "eval" / "evaluation_metrics.json").read_text())
-    assert set(metrics) == {"t2a", "a2t", "definitions"} and 0 <= metrics["t2a"]["mAP@10"] <= 1
+    assert set(metrics) == {"t2a", "a2t", "ci95", "definitions"} and 0 <= metrics["t2a"]["mAP@10"] <= 1
     assert f"{metrics['t2a']['mAP@10']:.4f}" in proc.stdout
     with open(demo["run"] / "eval" / "evaluation.t2a_submission.csv", newline="") as f:
         rows = list(csv.reader(f))

@@ -181,6 +181,8 @@ class EvalConf:
     top_k: int = 10  # files per query in search and in the extra top-k submission (the DCASE 2023 one has 10)
     map_k: int = 10  # cut-off of mAP@k (DCASE 2023: 10, DCASE 2025: 16)
     recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # cut-offs of R@k
+    bootstrap_resamples: int = 1000  # resamples of the queries for 95% intervals and paired tests
+    bootstrap_seed: int = 0  # seed of those resamples (the same seed gives the same intervals)
 
 
 @dataclass

@@ -81,6 +81,8 @@ RANGES: dict[str, Range] = {
     "eval.batch_size": at_least(1),
     "eval.top_k": at_least(1),
     "eval.map_k": at_least(1),
+    "eval.bootstrap_resamples": at_least(10),
+    "eval.bootstrap_seed": Range(0, 2 ** 63 - 1),
 }
 
 

@@ -1,6 +1,7 @@
-"""The project's figures: training curves (``<run>/curves.png``) and rank histograms (``<run>/eval/``).
+"""The project's figures: training curves (``<run>/curves.png``), rank histograms (``<run>/eval/``) and paired
+comparisons (``compare.png`` of ``postprocessing/03_compare.py``).
 
-Both are written atomically; matplotlib is the only plotting dependency, with the Agg backend (no display).
+All are written atomically; matplotlib is the only plotting dependency, with the Agg backend (no display).
 """
 
 from __future__ import annotations
@@ -54,5 +55,29 @@ def plot_ranks(path: Path, ranks: np.ndarray, n_clips: int, split: str) -> Path:
     ax.set_ylabel("captions")
     ax.set_title(f"{split}: text-to-audio rank of the true clip (median {median:g}, {len(ranks)} captions)")
     ax.legend()
+    fig.tight_layout()
+    return _save(fig, path, dpi=100)
+
+
+def plot_comparison(path: Path, a: np.ndarray, b: np.ndarray, names: tuple[str, str], metric: str,
+                    split: str) -> Path:
+    """Per-query values of run B against run A (one dot per query, the diagonal = no change), and the
+    histogram of the per-query differences B - A with their mean."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = b - a
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    ax1.scatter(a, b, s=12, alpha=0.5, color="#4c72b0", edgecolors="none")
+    ax1.plot([0, 1], [0, 1], color="0.4", linestyle=":", label="no change")
+    ax1.set(xlabel=f"{names[0]}: {metric}", ylabel=f"{names[1]}: {metric}", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+            title=f"{split}: per-query {metric} ({len(a)} queries)")
+    ax1.set_aspect("equal")
+    ax1.legend(loc="upper left")
+    ax2.hist(diff, bins=np.linspace(-1, 1, 41), color="#4c72b0", edgecolor="white")
+    ax2.axvline(0, color="0.4", linestyle=":")
+    ax2.axvline(float(diff.mean()), color="#c44e52", linestyle="--", label=f"mean {diff.mean():+.4f}")
+    ax2.set(xlabel=f"{metric}: {names[1]} - {names[0]}", ylabel="queries", title="Per-query difference")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path, dpi=100)

@@ -72,6 +72,12 @@ def retrieval_metrics(scores: np.ndarray, relevance: np.ndarray, ks=KS, map_k: i
         scores: ``(n_queries, n_items)`` similarity scores.
         relevance: boolean ``(n_queries, n_items)``; every query needs at least one relevant item.
     """
+    return {name: float(values.mean()) for name, values in per_query_metrics(scores, relevance, ks, map_k).items()}
+
+
+def per_query_metrics(scores: np.ndarray, relevance: np.ndarray, ks=KS, map_k: int = MAP_K) -> dict[str, np.ndarray]:
+    """Each query's AP@k and R@k, before averaging: ``{"mAP@10": (n_queries,), "R@1": (n_queries,), ...}``
+    (their means are :func:`retrieval_metrics`; the bootstrap of :mod:`utils.evaluation.stats` resamples them)."""
     scores = np.asarray(scores, dtype=np.float64)
     relevance = np.asarray(relevance, dtype=bool)
     n_rel = relevance.sum(axis=1)
@@ -86,13 +92,11 @@ def retrieval_metrics(scores: np.ndarray, relevance: np.ndarray, ks=KS, map_k: i
     first = np.searchsorted(q_idx, q_idx, side="left")
     hits_so_far = np.arange(len(q_idx)) - first + 1  # relevant items at or above this one
     n_queries = scores.shape[0]
-    result = {}
     precision = np.where(ranks <= map_k, hits_so_far / ranks, 0.0)
-    ap = np.bincount(q_idx, weights=precision, minlength=n_queries) / n_rel
-    result[f"mAP@{map_k}"] = float(ap.mean())
+    result = {f"mAP@{map_k}": np.bincount(q_idx, weights=precision, minlength=n_queries) / n_rel}
     for k in ks:
         hits = np.bincount(q_idx, weights=(ranks <= k).astype(float), minlength=n_queries)
-        result[f"R@{k}"] = float((hits / n_rel).mean())
+        result[f"R@{k}"] = hits / n_rel
     return result
 
 
@@ -118,18 +122,35 @@ def xmodal_metrics(scores: np.ndarray, text_to_audio: np.ndarray, ks=KS, map_k: 
         ``{"t2a": {...}, "a2t": {...}}``. t2a has one relevant clip per caption (mAP@10 = MRR@10) unless
         ``t2a_relevance`` is given; a2t has every caption of the clip as relevant.
     """
+    return mean_over_queries(xmodal_per_query(scores, text_to_audio, ks, map_k, t2a_relevance))
+
+
+def xmodal_per_query(scores: np.ndarray, text_to_audio: np.ndarray, ks=KS, map_k: int = MAP_K,
+                     t2a_relevance: np.ndarray | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`xmodal_metrics` before averaging: t2a one value per caption (with a relevant clip), a2t one per
+    clip (with a caption), as :func:`per_query_metrics`."""
     rel = relevance_matrix(np.asarray(text_to_audio), scores.shape[1])
     keep = rel.any(axis=0)  # clips without captions cannot be a2t queries
     return {
-        "t2a": t2a_metrics(scores, rel if t2a_relevance is None else t2a_relevance, ks, map_k),
-        "a2t": retrieval_metrics(scores.T[keep], rel.T[keep], ks, map_k),
+        "t2a": t2a_per_query(scores, rel if t2a_relevance is None else t2a_relevance, ks, map_k),
+        "a2t": per_query_metrics(scores.T[keep], rel.T[keep], ks, map_k),
     }
+
+
+def mean_over_queries(per_query: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """``{direction: {metric: mean}}`` of :func:`xmodal_per_query`-shaped per-query values."""
+    return {d: {name: float(np.mean(v)) for name, v in values.items()} for d, values in per_query.items()}
 
 
 def t2a_metrics(scores: np.ndarray, relevance: np.ndarray, ks=KS, map_k: int = MAP_K) -> dict[str, float]:
     """:func:`retrieval_metrics` over the captions (rows) that have a relevant clip."""
+    return mean_over_queries({"t2a": t2a_per_query(scores, relevance, ks, map_k)})["t2a"]
+
+
+def t2a_per_query(scores: np.ndarray, relevance: np.ndarray, ks=KS, map_k: int = MAP_K) -> dict[str, np.ndarray]:
+    """:func:`per_query_metrics` over the captions (rows) that have a relevant clip."""
     has_rel = np.asarray(relevance, dtype=bool).any(axis=1)
-    return retrieval_metrics(np.asarray(scores)[has_rel], np.asarray(relevance)[has_rel], ks, map_k)
+    return per_query_metrics(np.asarray(scores)[has_rel], np.asarray(relevance)[has_rel], ks, map_k)
 
 
 PAIRED = "the clip the caption was written for"  # t2a's relevant clip without a relevance file
@@ -158,12 +179,17 @@ def t2a_ranks(scores: np.ndarray, text_to_audio: np.ndarray) -> np.ndarray:
     return out
 
 
-def format_table(metrics: dict[str, dict[str, float]]) -> str:
-    """A small text table of ``xmodal_metrics`` output."""
+def format_table(metrics: dict[str, dict[str, float]], ci95: dict[str, dict[str, list[float]]] | None = None) -> str:
+    """A small text table of ``xmodal_metrics`` output; with ``ci95`` (``{direction: {metric: [lo, hi]}}``) a
+    ``95% CI`` line under each direction."""
     names = list(next(iter(metrics.values())).keys())
-    lines = ["      " + "".join(f"{n:>9}" for n in names)]
+    width = 9 if ci95 is None else 16
+    lines = ["      " + "".join(f"{n:>{width}}" for n in names)]
     for direction, values in metrics.items():
-        lines.append(f"{direction:<6}" + "".join(f"{values[n]:>9.4f}" for n in names))
+        lines.append(f"{direction:<6}" + "".join(f"{values[n]:>{width}.4f}" for n in names))
+        if ci95 is not None and direction in ci95:
+            cells = (f"[{ci95[direction][n][0]:.3f}, {ci95[direction][n][1]:.3f}]" for n in names)
+            lines.append("95% CI" + "".join(f"{c:>{width}}" for c in cells))
     return "\n".join(lines)
 
 
