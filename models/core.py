@@ -35,8 +35,9 @@ class DualEncoderModel(nn.Module):
         """``(batch, D)`` SBERT vectors or a list of captions -> ``(batch, E)`` unit vectors."""
         return F.normalize(self.text_enc(text).float(), p=2.0, dim=-1)
 
-    def forward(self, audio: torch.Tensor, text) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.audio_branch(audio), self.text_branch(text)
+    def forward(self, audio: torch.Tensor, text, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both branches; ``lengths`` as :meth:`audio_branch` (training passes it only with train.masked_pooling)."""
+        return self.audio_branch(audio, lengths), self.text_branch(text)
 
     @staticmethod
     def score(audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@
 
 Loads the run's model (RUN_DIR/config.yaml + checkpoints/<checkpoint>.pt); data paths and eval settings come
 from --conf (default: the run's own config.yaml) and --set. For each split of data.eval_splits and
-data.query_splits, every clip and every caption is embedded once (clips batched by length, eval.batch_size)
-and the scores are one matrix product, written to RUN_DIR/eval/<split>_xmodal_scores.hdf5:
+data.query_splits, every clip and every caption is embedded once (clips batched by length, eval.batch_size, each
+clip's vector the one it gets alone; float32 unless eval.amp) and the scores are one matrix product, written to RUN_DIR/eval/<split>_xmodal_scores.hdf5:
 scores float32 (n_captions, n_clips), text_ids (row order of <split>_text.csv), audio_ids (fids).
 --ensemble writes a run directory (--out) whose scores are the mean of the members' (utils.evaluation.ensemble).
 """

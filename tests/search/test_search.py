@@ -79,8 +79,9 @@ QUERIES = {"a deep low hum": "low.wav", "a high pitched whistle": "high.wav", "h
            "a tone growing louder": "sub/chirp.wav"}
 
 
-def train_on_captions(conf, files: dict[str, Path], steps: int = 150) -> torch.nn.Module:
-    """A narrow CNN14 + projection trained with InfoNCE on CAPTIONS (all-MiniLM-L6-v2 vectors) for ``steps``."""
+def train_on_captions(conf, files: dict[str, Path], steps: int = 60) -> torch.nn.Module:
+    """A narrow CNN14 (random conv body, as the baseline's frozen encoder option) whose projection and text
+    projection are trained with InfoNCE on CAPTIONS (all-MiniLM-L6-v2 vectors) for ``steps``."""
     from models.core import build_model
     from utils.search.embedder import clip_features
     from utils.text.sbert import encode, load_sbert
@@ -92,7 +93,8 @@ def train_on_captions(conf, files: dict[str, Path], steps: int = 150) -> torch.n
     vectors = torch.from_numpy(encode(sbert, [c for n in names for c in CAPTIONS[n]], progress=False))  # (15, 384)
     torch.manual_seed(0)
     model = build_model(conf, 384, load_prior=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.audio_enc.set_trainable(False)  # model.audio_enc.trainable=false: fc2 learns, quickly on a CPU
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     audio = torch.nn.utils.rnn.pad_sequence(mels, batch_first=True)  # (5, T_max, 64), as training pads
     gen = torch.Generator().manual_seed(0)
     model.train()

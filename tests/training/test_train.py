@@ -222,3 +222,29 @@ def test_finetuned_text_encoder_trains_end_to_end(tiny_work, tmp_path):
     assert len(after) == len(before) and changed, "the transformer's weights should be updated"
     groups = ckpt["optimizer"]["param_groups"]
     assert sorted(g["lr"] for g in groups) == [1e-4, 1e-3]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_masked_pooling_in_training_is_an_option_off_by_default(tiny_work, tmp_path, monkeypatch, masked):
+    from models.audio_encoders import CNN14Encoder
+
+    seen = []
+    forward = CNN14Encoder.forward
+
+    def recording(self, x, lengths=None):
+        if self.training:
+            seen.append(None if lengths is None else (lengths.tolist(), x.shape[1]))
+        return forward(self, x, lengths)
+
+    monkeypatch.setattr(CNN14Encoder, "forward", recording)
+    train_keys = {"epochs": 1, "batch_size": 8, "num_workers": 0, "eval_batch_size": 16, "log_every": 1,
+                  "device": "cpu", "max_steps_per_epoch": 2, "early_stop": {"enabled": False}}
+    if masked:
+        train_keys["masked_pooling"] = True
+    train(load_config(write_config(tmp_path / "c.yaml", tiny_work, tmp_path / "runs" / "r", train=train_keys)))
+    assert len(seen) == 2
+    if not masked:
+        assert seen == [None, None]  # the baseline's zero-padded batches, padding in the pooling
+    else:
+        for lengths, padded in seen:  # each clip's own length, the batch padded to the longest
+            assert len(lengths) == 8 and max(lengths) == padded and min(lengths) < padded

@@ -164,6 +164,7 @@ class TrainConf:
     eval_batch_size: int = 64  # clips / captions per batch when embedding for metrics
     log_every: int = 20  # update the progress-bar loss every N steps
     max_steps_per_epoch: int = 0  # 0 = full epochs; >0 caps steps (smoke tests)
+    masked_pooling: bool = False  # mask each clip's padding in training too (not the baseline; BatchNorm still sees it)
     wandb: bool = False  # log to Weights & Biases when installed
 
 

@@ -172,10 +172,12 @@ class Batch:
     text: torch.Tensor | list[str]  # (B, D) or captions
     clip: torch.Tensor  # (B,) clip index, for the InfoNCE mask
     index: torch.Tensor  # (B,) pair index into the split's caption table
+    lengths: torch.Tensor | None = None  # (B,) frames of each clip before padding
 
     def pin_memory(self) -> Batch:
         text = self.text.pin_memory() if isinstance(self.text, torch.Tensor) else self.text
-        return Batch(self.audio.pin_memory(), text, self.clip.pin_memory(), self.index.pin_memory())
+        lengths = None if self.lengths is None else self.lengths.pin_memory()
+        return Batch(self.audio.pin_memory(), text, self.clip.pin_memory(), self.index.pin_memory(), lengths)
 
 
 def pad_stack(arrays: list[torch.Tensor]) -> torch.Tensor:
@@ -190,7 +192,8 @@ def pad_stack(arrays: list[torch.Tensor]) -> torch.Tensor:
 def collate_pairs(items) -> Batch:
     audio, text, clip, index = zip(*items, strict=True)
     text = torch.stack(text) if isinstance(text[0], torch.Tensor) else list(text)
-    return Batch(pad_stack(list(audio)), text, torch.tensor(clip), torch.tensor(index))
+    return Batch(pad_stack(list(audio)), text, torch.tensor(clip), torch.tensor(index),
+                 torch.tensor([a.shape[0] for a in audio]))
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

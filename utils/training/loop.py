@@ -78,8 +78,9 @@ def train_one_epoch(model, ddp_model, loader, optimizer, scaler, conf: Config, s
         audio = batch.audio.to(device, non_blocking=True)
         text = batch.text.to(device, non_blocking=True) if isinstance(batch.text, torch.Tensor) else batch.text
         clip = batch.clip.to(device, non_blocking=True)
+        lengths = batch.lengths.to(device, non_blocking=True) if conf.train.masked_pooling else None  # (B,)
         with autocast(device, dtype):
-            audio_emb, text_emb = ddp_model(audio, text)
+            audio_emb, text_emb = ddp_model(audio, text, lengths)  # lengths None: the baseline's padded batches
         # Similarities and loss in float32, over the global batch of every rank.
         loss = info_nce(gather_batch(audio_emb.float(), d), gather_batch(text_emb.float(), d),
                         gather_batch(clip, d), conf.train.temperature)
