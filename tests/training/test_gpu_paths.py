@@ -87,7 +87,8 @@ class _Recorder:
     def __init__(self, monkeypatch, device: str):
         self.losses: list[torch.Tensor] = []
         self.models: list = []
-        self.encoder_dtypes: list[torch.dtype] = []
+        self.encoder_dtypes: list[torch.dtype] = []  # training steps
+        self.eval_dtypes: list[torch.dtype] = []  # validation (float32 unless eval.amp)
         self.compiled = 0
         self.handle_opens = 0
         real_loss, real_build, real_compile, real_file = tu.info_nce, ts.build_model, torch.compile, LogmelStore._file
@@ -99,7 +100,8 @@ class _Recorder:
 
         def build(*args, **kwargs):
             model = real_build(*args, **kwargs)
-            model.audio_enc.register_forward_hook(lambda m, i, o: self.encoder_dtypes.append(o.dtype))
+            model.audio_enc.register_forward_hook(
+                lambda m, i, o: (self.encoder_dtypes if m.training else self.eval_dtypes).append(o.dtype))
             self.models.append(model)
             return model
 
@@ -136,6 +138,7 @@ def test_branch_trains_resumes_and_checkpoints(branch, device, tiny_work, tmp_pa
     model = rec.models[0]
     want = amp_dtype(BRANCHES[branch].get("amp", "off"), torch.device(device)) or torch.float32
     assert set(rec.encoder_dtypes) == {want}, f"the audio encoder ran in {set(rec.encoder_dtypes)}, not {want}"
+    assert set(rec.eval_dtypes) == {torch.float32}, "validation scores in float32 whatever train.amp (eval.amp=off)"
     nhwc = model.audio_enc.conv_block2.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert nhwc == (branch == "channels_last")
     assert rec.compiled == (1 if branch == "compile" else 0)
