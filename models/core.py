@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,25 +15,43 @@ from utils.text.sbert import resolve_model_path
 
 
 class DualEncoderModel(nn.Module):
-    def __init__(self, audio_enc: nn.Module, text_enc: nn.Module):
+    """``temperature``: when given, a learnable InfoNCE temperature starting there (``log_temperature``, part of
+    the state dict); None = the fixed ``train.temperature`` (the baseline, no extra parameter)."""
+
+    def __init__(self, audio_enc: nn.Module, text_enc: nn.Module, temperature: float | None = None):
         super().__init__()
         self.audio_enc = audio_enc
         self.text_enc = text_enc
+        if temperature is not None:
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+
+    def temperature(self, fixed: float) -> torch.Tensor | float:
+        """The learnable temperature (a scalar tensor, at least 1e-3), else ``fixed``."""
+        if hasattr(self, "log_temperature"):
+            return self.log_temperature.exp().clamp(min=1e-3)
+        return fixed
 
     @property
     def text_input_kind(self) -> str:
         return self.text_enc.input_kind
 
-    def audio_branch(self, audio: torch.Tensor) -> torch.Tensor:
-        """``(batch, time, mels)`` log-mels -> ``(batch, E)`` unit vectors."""
+    def audio_branch(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, time, mels)`` log-mels or ``(batch, samples, 1)`` waveforms -> ``(batch, E)`` unit vectors.
+
+        ``lengths`` ``(batch,)``: time steps of each clip before padding, for encoders that use them
+        (``takes_lengths``, e.g. HFAudioEncoder); None = every clip fills the batch's time axis.
+        """
+        if getattr(self.audio_enc, "takes_lengths", False):
+            return F.normalize(self.audio_enc(audio, lengths).float(), p=2.0, dim=-1)
         return F.normalize(self.audio_enc(audio).float(), p=2.0, dim=-1)
 
     def text_branch(self, text) -> torch.Tensor:
         """``(batch, D)`` SBERT vectors or a list of captions -> ``(batch, E)`` unit vectors."""
         return F.normalize(self.text_enc(text).float(), p=2.0, dim=-1)
 
-    def forward(self, audio: torch.Tensor, text) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.audio_branch(audio), self.text_branch(text)
+    def forward(self, audio: torch.Tensor, text, lengths: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.audio_branch(audio, lengths), self.text_branch(text)
 
     @staticmethod
     def score(audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -70,4 +90,5 @@ def build_model(conf: Config, text_dim: int | None = None, load_prior: bool = Tr
         if text_dim is None:
             raise ValueError("text_dim (the SBERT embedding size) is required for " + t.name)
         text_enc = build_text_encoder(t.name, in_dim=text_dim, out_dim=t.out_dim)
-    return MODELS[mconf.name](audio_enc, text_enc)
+    temperature = conf.train.temperature if conf.train.temperature_trainable else None
+    return MODELS[mconf.name](audio_enc, text_enc, temperature)

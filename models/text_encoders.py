@@ -68,7 +68,16 @@ TEXT_ENCODERS = {
 }
 
 
-def build_text_encoder(name: str, **kwargs) -> nn.Module:
+def _encoder_class(name: str) -> type[nn.Module]:
     if name not in TEXT_ENCODERS:
         raise ConfigError(f"model.text_enc.name: unknown text encoder '{name}'; valid choices: {sorted(TEXT_ENCODERS)}")
-    return TEXT_ENCODERS[name](**kwargs)
+    return TEXT_ENCODERS[name]
+
+
+def text_input_kind(name: str) -> str:
+    """``'embedding'`` (precomputed SBERT vectors, stage 3) or ``'text'`` (raw captions) for encoder ``name``."""
+    return _encoder_class(name).input_kind
+
+
+def build_text_encoder(name: str, **kwargs) -> nn.Module:
+    return _encoder_class(name)(**kwargs)

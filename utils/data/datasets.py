@@ -1,8 +1,10 @@
 """Training and evaluation data: log-mel features from HDF5, caption tables, SBERT vectors.
 
 Item and batch schemas:
-    PairDataset[i] -> (audio (T, 64) float32 tensor, text (D,) tensor or str, clip index int, pair index int)
-    collate_pairs  -> Batch(audio (B, T_max, 64) zero-padded, text (B, D) or list[str], clip (B,), index (B,))
+    PairDataset[i] -> (audio (T, C) float32 tensor, text (D,) tensor or str, clip index int, pair index int)
+    collate_pairs  -> Batch(audio (B, T_max, C) zero-padded, text (B, D) or list[str], clip (B,), index (B,),
+                            lengths (B,))
+C is 64 mel bands (log-mels) or 1 (waveforms, ``features.kind: waveform``, T = samples).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from utils.base import paths
 from utils.base.config import Config
 from utils.base.errors import DataError, warn
 from utils.base.tables import SKIPPED_COLUMNS, read_rows, read_text_table
+from utils.data.augment import TrainAugment
 from utils.data.caption_vectors import load_text_embeddings
 
 
@@ -147,11 +150,13 @@ def load_split(conf: Config, split: str, need_embeds: bool = True, in_memory: bo
 
 
 class PairDataset(Dataset):
-    """Caption-level pairs: every caption with its clip (the baseline's training items)."""
+    """Caption-level pairs: every caption with its clip (the baseline's training items); ``augment`` (training
+    only) crops and masks each clip's features as it is read."""
 
-    def __init__(self, data: SplitData, text_kind: str = "embedding"):
+    def __init__(self, data: SplitData, text_kind: str = "embedding", augment: TrainAugment | None = None):
         self.data = data
         self.text_kind = text_kind
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.data.text_rows)
@@ -159,6 +164,8 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int):
         clip = int(self.data.text_to_audio[i])
         audio = torch.from_numpy(np.asarray(self.data.features[self.data.fids[clip]], dtype=np.float32))
+        if self.augment is not None:
+            audio = self.augment(audio)  # (T', C)
         if self.text_kind == "embedding":
             text = torch.from_numpy(self.data.text_embeds[i])
         else:
@@ -172,10 +179,12 @@ class Batch:
     text: torch.Tensor | list[str]  # (B, D) or captions
     clip: torch.Tensor  # (B,) clip index, for the InfoNCE mask
     index: torch.Tensor  # (B,) pair index into the split's caption table
+    lengths: torch.Tensor  # (B,) time steps of each clip before padding
 
     def pin_memory(self) -> Batch:
         text = self.text.pin_memory() if isinstance(self.text, torch.Tensor) else self.text
-        return Batch(self.audio.pin_memory(), text, self.clip.pin_memory(), self.index.pin_memory())
+        return Batch(self.audio.pin_memory(), text, self.clip.pin_memory(), self.index.pin_memory(),
+                     self.lengths.pin_memory())
 
 
 def pad_stack(arrays: list[torch.Tensor]) -> torch.Tensor:
@@ -190,7 +199,8 @@ def pad_stack(arrays: list[torch.Tensor]) -> torch.Tensor:
 def collate_pairs(items) -> Batch:
     audio, text, clip, index = zip(*items, strict=True)
     text = torch.stack(text) if isinstance(text[0], torch.Tensor) else list(text)
-    return Batch(pad_stack(list(audio)), text, torch.tensor(clip), torch.tensor(index))
+    lengths = torch.tensor([a.shape[0] for a in audio])
+    return Batch(pad_stack(list(audio)), text, torch.tensor(clip), torch.tensor(index), lengths)
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from utils import runs
-from utils.base.config import Config, to_dict
+from utils.base.config import Config, ConfigError, from_dict, to_dict
 from utils.base.errors import DataError, PipelineError, warn
 from utils.base.fileio import read_torch_file
 
 # Settings the model's tensors depend on: a change makes the checkpoint's state dict not fit.
-SHAPE_SECTIONS = ("model", "features.n_mels")
+SHAPE_SECTIONS = ("model", "features.n_mels", "features.kind", "features.sample_rate", "train.temperature_trainable")
 RESTART = "train from scratch with --restart"
 
 
@@ -87,6 +87,10 @@ def model_settings_differ(saved: dict | None, current: dict) -> str | None:
     ``"key=old (the config says new), ..."``; None when they agree or the checkpoint has no config."""
     if not isinstance(saved, dict):
         return None
+    try:
+        saved = to_dict(from_dict(saved))  # keys added since the checkpoint was written take their defaults
+    except ConfigError:
+        pass  # compared as saved
     diffs = []
     for section in SHAPE_SECTIONS:
         old = _flatten(_pick(saved, section), section)
