@@ -76,14 +76,28 @@ def build_model(conf: Config, text_dim: int | None = None, load_prior: bool = Tr
     if mconf.name not in MODELS:
         raise ConfigError(f"model.name: unknown model '{mconf.name}'; valid choices: {sorted(MODELS)}")
     a = mconf.audio_enc
-    audio_enc = build_audio_encoder(a.name, out_dim=a.out_dim, width=a.width, n_mels=conf.features.n_mels,
-                                    dropout=a.dropout)
-    if a.init == "prior" and load_prior:
-        audio_enc.load_pretrained(conf.pretrained.cnn14_weights)
-    audio_enc.set_trainable(a.trainable)
+    reads = "waveform" if a.name == "HFAudioEncoder" else "logmel"
+    if conf.features.kind != reads:
+        raise ConfigError(f"model.audio_enc.name {a.name} reads features.kind {reads}, but features.kind is "
+                          f"'{conf.features.kind}'; set --set features.kind={reads} (and run "
+                          "preprocessing/02_audio_logmel.py with it)")
+    if a.name == "HFAudioEncoder":  # its pretrained weights come with it (model.audio_enc.pretrained)
+        audio_enc = build_audio_encoder(a.name, pretrained=a.pretrained, out_dim=a.out_dim,
+                                        sample_rate=conf.features.sample_rate, pooling=a.pooling,
+                                        window_sec=a.window_sec, trainable=a.trainable)
+    else:
+        audio_enc = build_audio_encoder(a.name, out_dim=a.out_dim, width=a.width, n_mels=conf.features.n_mels,
+                                        dropout=a.dropout)
+        if a.init == "prior" and load_prior:
+            audio_enc.load_pretrained(conf.pretrained.cnn14_weights)
+        audio_enc.set_trainable(a.trainable)
 
     t = mconf.text_enc
-    if t.name == "SentenceTransformerEncoder":
+    if t.name == "HFTextEncoder":
+        text_enc = build_text_encoder(t.name, pretrained=t.pretrained, out_dim=t.out_dim, pooling=t.pooling,
+                                      max_seq_length=t.max_seq_length, normalize_captions=t.normalize_captions,
+                                      trainable=t.trainable)
+    elif t.name == "SentenceTransformerEncoder":
         text_enc = build_text_encoder(t.name, model_path=resolve_model_path(conf.text.model), out_dim=t.out_dim,
                                       max_seq_length=t.max_seq_length)
     else:

@@ -344,13 +344,9 @@ def _check(conf: Config) -> None:
 
 
 def _check_encoders(conf: Config) -> None:
-    """Encoders and the features they read must agree; SpecAugment needs log-mels."""
+    """HF encoders need a model; SpecAugment needs log-mels. (That the audio encoder reads ``features.kind`` is
+    checked when the model is built, so stage 2 can make either feature set under any config.)"""
     a, t = conf.model.audio_enc, conf.model.text_enc
-    waveform_encoder = a.name == "HFAudioEncoder"
-    if waveform_encoder != (conf.features.kind == "waveform"):
-        raise ConfigError(f"model.audio_enc.name {a.name} reads features.kind "
-                          f"{'waveform' if waveform_encoder else 'logmel'}, but features.kind is "
-                          f"'{conf.features.kind}'; set --set features.kind={'waveform' if waveform_encoder else 'logmel'}")
     for name, enc in (("audio_enc", a), ("text_enc", t)):
         if enc.name.startswith("HF") and not enc.pretrained:
             raise ConfigError(f"model.{name}.pretrained: {enc.name} needs a hub id or a local folder "

@@ -10,8 +10,10 @@ C is 64 mel bands (log-mels) or 1 (waveforms, ``features.kind: waveform``, T = s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -100,7 +102,7 @@ def open_features(conf: Config, split: str, rows: list[dict], table: Path,
     """The log-mels of ``split`` and the ``rows`` (of ``table``) that have them: rows of clips that stage 2
     listed as unreadable are left out (:func:`drop_skipped_clips`); any other clip without features is a
     :class:`DataError`."""
-    store = LogmelStore(paths.logmels(conf, split), in_memory=in_memory)
+    store = LogmelStore(paths.features(conf, split), in_memory=in_memory)
     rows = drop_skipped_clips(conf, split, rows, store)
     missing = [r["fid"] for r in rows if r["fid"] not in store]
     if missing:
@@ -151,12 +153,15 @@ def load_split(conf: Config, split: str, need_embeds: bool = True, in_memory: bo
 
 class PairDataset(Dataset):
     """Caption-level pairs: every caption with its clip (the baseline's training items); ``augment`` (training
-    only) crops and masks each clip's features as it is read."""
+    only) crops and masks each clip's features as it is read; ``prepare`` (HFAudioEncoder's windowed feature
+    extractor) turns a batch's clips into model inputs in :class:`PairCollate`."""
 
-    def __init__(self, data: SplitData, text_kind: str = "embedding", augment: TrainAugment | None = None):
+    def __init__(self, data: SplitData, text_kind: str = "embedding", augment: TrainAugment | None = None,
+                 prepare: Callable[[list[np.ndarray]], Any] | None = None):
         self.data = data
         self.text_kind = text_kind
         self.augment = augment
+        self.prepare = prepare  # the audio encoder's own feature extraction, run by PairCollate in the workers
 
     def __len__(self) -> int:
         return len(self.data.text_rows)
@@ -175,7 +180,7 @@ class PairDataset(Dataset):
 
 @dataclass
 class Batch:
-    audio: torch.Tensor  # (B, T_max, mels), zero-padded
+    audio: Any  # (B, T_max, C) zero-padded tensor, or what PairDataset.prepare made of the clips
     text: torch.Tensor | list[str]  # (B, D) or captions
     clip: torch.Tensor  # (B,) clip index, for the InfoNCE mask
     index: torch.Tensor  # (B,) pair index into the split's caption table
@@ -194,6 +199,19 @@ def pad_stack(arrays: list[torch.Tensor]) -> torch.Tensor:
     for k, a in enumerate(arrays):
         out[k, : a.shape[0]] = a
     return out
+
+
+class PairCollate:
+    """:func:`collate_pairs`, with the clips turned into model inputs by ``prepare`` when given (in the workers)."""
+
+    def __init__(self, prepare: Callable[[list[np.ndarray]], Any] | None = None):
+        self.prepare = prepare
+
+    def __call__(self, items) -> Batch:
+        batch = collate_pairs(items)
+        if self.prepare is not None:
+            batch.audio = self.prepare([item[0].numpy() for item in items])
+        return batch
 
 
 def collate_pairs(items) -> Batch:

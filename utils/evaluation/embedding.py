@@ -58,7 +58,8 @@ def embed_audio(model, get_clip: Callable[[int], np.ndarray], lengths: Sequence[
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         audio = pad_stack([torch.from_numpy(np.asarray(get_clip(k), dtype=np.float32)) for k in idx])
         with autocast(device, dtype):
-            emb = model.audio_branch(audio.to(device, non_blocking=True)).float().cpu()
+            lens = torch.tensor([lengths[k] for k in idx])  # (batch,) for encoders that window (HFAudioEncoder)
+            emb = model.audio_branch(audio.to(device, non_blocking=True), lens).float().cpu()
         if out.shape[1] == 0:
             out = torch.empty((len(lengths), emb.shape[1]))
         out[idx] = emb

@@ -22,7 +22,7 @@ from utils.base.config import Config
 from utils.base.devices import amp_dtype, resolve_device, use_channels_last
 from utils.base.errors import PipelineError
 from utils.data.augment import TrainAugment
-from utils.data.datasets import PairDataset, SplitData, collate_pairs
+from utils.data.datasets import PairCollate, PairDataset, SplitData
 from utils.data.split_mix import load_splits
 from utils.training.ddp import Dist
 from utils.training.resume import resume
@@ -150,7 +150,7 @@ def make_loader(dataset: PairDataset, conf: Config, d: Dist, epoch: int, device:
         gen = torch.Generator().manual_seed(conf.train.seed * 100_003 + epoch)  # same order after a resume
         sampler = RandomSampler(dataset, generator=gen)
     workers = conf.train.num_workers
-    return DataLoader(dataset, batch_size=per_rank, sampler=sampler, collate_fn=collate_pairs,
+    return DataLoader(dataset, batch_size=per_rank, sampler=sampler, collate_fn=PairCollate(dataset.prepare),
                       num_workers=workers, pin_memory=device.type == "cuda",
                       persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
 
@@ -171,7 +171,8 @@ def setup_training(conf: Config, d: Dist, restart: bool = False, data: TrainData
     if use_channels_last(conf.train.channels_last, device):
         model.audio_enc.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, conf)
-    dataset = PairDataset(data.train, data.text_kind, TrainAugment.from_config(conf))
+    dataset = PairDataset(data.train, data.text_kind, TrainAugment.from_config(conf),
+                          getattr(model.audio_enc, "extractor", None))
     scheduler = build_scheduler(optimizer, conf, steps_per_epoch(len(dataset), conf, d))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     state = runs.TrainState()
