@@ -93,7 +93,7 @@ class WindowedExtractor:
         """Padded waveforms ``(batch, samples[, 1])`` and their ``lengths`` ``(batch,)`` (None = unpadded)."""
         x = x.reshape(x.shape[0], -1).float().cpu().numpy()  # (batch, samples)
         n = lengths.tolist() if lengths is not None else [x.shape[1]] * len(x)
-        return self(([x[b, :int(n[b])] for b in range(len(x))]))
+        return self([x[b, :int(n[b])] for b in range(len(x))])
 
 
 def _audio_body(model: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT
 from hf_models import tiny_ast, tiny_bert, tiny_clap_audio
-from test_end_to_end import run_script
+from test_end_to_end import run_script, write_demo_conf
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +28,7 @@ def digest(path):
 def demo(tmp_path_factory):
     """Stages 0-3 on the demo data, with both feature sets (log-mels, then waveforms at 16 kHz)."""
     tmp = tmp_path_factory.mktemp("hf_demo")
-    conf = yaml.safe_load((ROOT / "conf_demo.yaml").read_text())
-    conf["data"]["dataset_dir"] = str(tmp / "demo")
-    conf["pretrained"] = {"panns_checkpoint": str(tmp / "stand_in.pth"), "cnn14_weights": str(tmp / "cnn14.pth")}
-    conf["train"].update(device="cpu", batch_size=32)
-    conf["text"]["device"] = "cpu"
-    conf["run"] = {"dir": str(tmp / "runs"), "name": "demo"}
-    conf_path = tmp / "conf.yaml"
-    conf_path.write_text(yaml.safe_dump(conf))
+    conf_path = write_demo_conf(tmp, batch_size=32)
     run_script("preprocessing/00_make_demo_dataset.py", conf_path, "--clips", str(N_CLIPS), "--duration-range",
                "1", "1.5")
     for script in ("01_clotho_dataset.py", "02_audio_logmel.py", "03_sbert_embeddings.py"):
