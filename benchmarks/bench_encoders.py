@@ -55,7 +55,7 @@ def save_family(name: str, folder: Path) -> None:
         tf.ASTFeatureExtractor().save_pretrained(folder)
     elif name == "clap":
         tf.ClapAudioModel(tf.ClapAudioConfig()).save_pretrained(folder)
-        tf.ClapFeatureExtractor().save_pretrained(folder)
+        tf.ClapFeatureExtractor(truncation="rand_trunc").save_pretrained(folder)  # as clap-htsat-unfused
     elif name == "whisper":
         config = tf.WhisperConfig(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
                                   decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048)
@@ -137,7 +137,7 @@ def main() -> None:
             base = [sys.executable, __file__, "--one", name, "--dir", str(folder)]
             subprocess.run(base + ["--save"], check=True, env=env)
             out = subprocess.run(base + ["--batch", str(args.batch), "--seconds", str(args.seconds), "--steps",
-                                         str(args.steps)], check=True, env=env, capture_output=True, text=True)
+                                         str(args.steps)], check=True, env=env, stdout=subprocess.PIPE, text=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     load = os.getloadavg()
