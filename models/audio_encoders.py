@@ -1,4 +1,5 @@
-"""Audio encoders: log-mel spectrogram ``(batch, time, mels)`` -> embedding ``(batch, out_dim)``.
+"""Audio encoders: log-mel spectrogram ``(batch, time, mels)`` -> embedding ``(batch, out_dim)``; and
+:class:`models.hf_audio.HFAudioEncoder` (waveforms, any Hugging Face audio model).
 
 :class:`CNN14Encoder` is the DCASE 2023 Task 6B baseline's audio encoder: the PANNs CNN14 body
 (Kong et al., 2020) with a new linear projection. Its submodules carry the PANNs names (``bn0``,
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.hf_audio import HFAudioEncoder
 from utils.base.config import ConfigError
 from utils.base.errors import DataError
 from utils.base.fileio import read_torch_file
@@ -211,7 +213,7 @@ class CNN14Encoder(nn.Module):
         self.load_state_dict(state, strict=True)
 
 
-AUDIO_ENCODERS: dict[str, type[nn.Module]] = {"CNN14Encoder": CNN14Encoder}
+AUDIO_ENCODERS: dict[str, type[nn.Module]] = {"CNN14Encoder": CNN14Encoder, "HFAudioEncoder": HFAudioEncoder}
 
 
 def build_audio_encoder(name: str, **kwargs: Any) -> nn.Module:

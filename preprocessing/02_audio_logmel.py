@@ -2,7 +2,8 @@
 
     python preprocessing/02_audio_logmel.py --conf conf.yaml [--workers N] [--device cpu|cuda] [--splits S ...]
 
-One (T, 64) float32 dataset per fid (the baseline's formula, see utils/features/logmel.py). Resumable: stop it
+One (T, 64) float32 dataset per fid (the baseline's formula, see utils/features/logmel.py); with
+features.kind: waveform, mono audio at features.sample_rate, (samples, 1), in <split>_audio_waveforms_<rate>hz.hdf5. Resumable: stop it
 at any point and rerun the same command; finished clips are kept. Unreadable clips are added to
 <work_dir>/<split>_skipped.csv and the run continues.
 """
@@ -38,10 +39,10 @@ def main(args, conf) -> None:
     f = conf.features
     for split in splits:
         rows = read_audio_table(paths.audio_table(conf, split))
-        summary = extract_split(rows, Path(conf.data.dataset_dir), paths.logmels(conf, split),
+        summary = extract_split(rows, Path(conf.data.dataset_dir), paths.features(conf, split),
                                 paths.skipped_table(conf, split), workers=workers, device=device,
                                 progress=not args.no_progress, n_mels=f.n_mels, win_sec=f.win_sec,
-                                hop_sec=f.hop_sec, desc=split)
+                                hop_sec=f.hop_sec, desc=split, kind=f.kind, sample_rate=f.sample_rate)
         print(f"[{split}] {summary.describe()}")
         if summary.skipped:
             print(f"[{split}] {len(summary.skipped)} clip(s) skipped, see {paths.skipped_table(conf, split)}")

@@ -195,6 +195,24 @@ def library_versions() -> dict:
     return versions
 
 
+def training_options(conf: Config) -> dict:
+    """The encoders and every training option beyond the 2023 baseline's recipe, as ``run_info.json`` names them."""
+    t, a, x = conf.train, conf.model.audio_enc, conf.model.text_enc
+    return {
+        "audio_encoder": a.name + (f" ({a.pretrained}, {a.pooling} pooling)" if a.pretrained else ""),
+        "text_encoder": x.name + (f" ({x.pretrained}, {x.pooling} pooling)" if x.pretrained else ""),
+        "features": conf.features.kind + (f" at {conf.features.sample_rate} Hz" if conf.features.kind == "waveform"
+                                          else ""),
+        "optimizer": f"{t.optimizer} (lr {t.lr}, weight decay {t.weight_decay})",
+        "schedule": (f"cosine (warm-up {t.warmup_epochs} epochs, to {t.lr_min})" if t.schedule == "cosine"
+                     else "plateau (ReduceLROnPlateau)"),
+        "grad_clip": t.grad_clip or "off",
+        "segment_sec": t.segment_sec or "whole clips",
+        "specaugment": to_dict(t.specaugment),
+        "temperature": f"{t.temperature} ({'learnable' if t.temperature_trainable else 'fixed'})",
+    }
+
+
 def write_run_info(run_dir: Path, conf: Config, device: torch.device, world_size: int, epoch: int = 0,
                    notes: dict | None = None) -> None:
     """``config.yaml`` and ``run_info.json`` of a run that starts (``epoch`` 0) or resumes after ``epoch``.
@@ -216,6 +234,7 @@ def write_run_info(run_dir: Path, conf: Config, device: torch.device, world_size
         "command": " ".join(sys.argv),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "world_size": world_size,
+        "options": training_options(conf),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "config_changes": {k: [old, new] for k, (old, new) in config_changes(old_conf, new_conf).items()},
         **(notes or {}),

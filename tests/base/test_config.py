@@ -27,6 +27,16 @@ def test_repo_configs_load_with_baseline_settings():
     assert demo.model.audio_enc.width < 1.0
 
 
+def test_conf_modern_is_the_d25_t6_recipe():
+    conf = load_config(ROOT / "conf_modern.yaml")
+    t = conf.train
+    assert (t.batch_size, t.epochs, t.lr, t.optimizer, t.schedule) == (64, 20, 2e-5, "adamw", "cosine")
+    assert (t.warmup_epochs, t.lr_min, t.temperature, t.segment_sec) == (1.0, 1e-7, 0.05, 10.0)
+    assert conf.model.audio_enc.name == "HFAudioEncoder" and conf.features.kind == "waveform"
+    assert conf.model.text_enc.name == "HFTextEncoder" and "roberta-large" in conf.model.text_enc.pretrained
+    assert conf.model.text_enc.normalize_captions and not t.early_stop.enabled
+
+
 def test_defaults_and_work_dir_fallback(tmp_path):
     conf = load_config(write(tmp_path, "data: {dataset_dir: /some/Clotho}\n"))
     assert conf.data.splits == ["development", "validation", "evaluation"]

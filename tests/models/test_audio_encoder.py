@@ -11,6 +11,7 @@ from conftest import ROOT
 
 from models.audio_encoders import AUDIO_ENCODERS, CNN14Encoder, build_audio_encoder, scaled_channels
 from models.core import build_model
+from models.hf_audio import HFAudioEncoder
 from utils.base.config import load_config
 
 WIDTH = 0.125  # channels 8 ... 256: fast on CPU
@@ -130,10 +131,10 @@ def test_set_trainable_false_leaves_only_fc2():
 
 
 def test_registry():
-    assert AUDIO_ENCODERS == {"CNN14Encoder": CNN14Encoder}
+    assert AUDIO_ENCODERS == {"CNN14Encoder": CNN14Encoder, "HFAudioEncoder": HFAudioEncoder}
     enc = build_audio_encoder("CNN14Encoder", out_dim=12, width=WIDTH)
     assert isinstance(enc, CNN14Encoder) and enc.fc2.out_features == 12
-    with pytest.raises(ValueError, match=r"unknown audio encoder 'Cnn10'.*\['CNN14Encoder'\]"):
+    with pytest.raises(ValueError, match=r"unknown audio encoder 'Cnn10'.*\['CNN14Encoder', 'HFAudioEncoder'\]"):
         build_audio_encoder("Cnn10")
 
 

@@ -26,18 +26,24 @@ def run_script(script, conf, *extra, timeout=900):
     return proc
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """Stages 0-4 and a short training run with conf_demo.yaml, everything inside a temp folder."""
-    tmp = tmp_path_factory.mktemp("e2e")
+def write_demo_conf(tmp, **train):
+    """``tmp/conf.yaml``: conf_demo.yaml with every path inside ``tmp``, on the CPU, ``train`` overriding."""
     conf = yaml.safe_load((ROOT / "conf_demo.yaml").read_text())
     conf["data"]["dataset_dir"] = str(tmp / "demo")
     conf["pretrained"] = {"panns_checkpoint": str(tmp / "stand_in.pth"), "cnn14_weights": str(tmp / "cnn14.pth")}
-    conf["train"].update(epochs=EPOCHS, device="cpu")
+    conf["train"].update(device="cpu", **train)
     conf["text"]["device"] = "cpu"
     conf["run"] = {"dir": str(tmp / "runs"), "name": "demo"}
     conf_path = tmp / "conf.yaml"
     conf_path.write_text(yaml.safe_dump(conf))
+    return conf_path
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """Stages 0-4 and a short training run with conf_demo.yaml, everything inside a temp folder."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    conf_path = write_demo_conf(tmp, epochs=EPOCHS)
     out = {"tmp": tmp, "conf": conf_path, "data": tmp / "demo", "run": tmp / "runs" / "demo", "logs": {}}
     steps = [
         ("preprocessing/00_make_demo_dataset.py", "--clips", str(N_CLIPS), "--duration-range", "2", "3",

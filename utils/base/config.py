@@ -88,6 +88,15 @@ class FeatureConf:
     hop_sec: float = 0.020  # hop (s); hop = round(hop_sec * sr) samples
     workers: int = 0  # processes for stage 2; 0 = all CPU cores
     device: str = "cpu"  # 'cpu' (multi-process) or 'cuda' (batched on the GPU)
+    # 'logmel' = the baseline's (T, n_mels) log-mels; 'waveform' = mono audio resampled to sample_rate, stored as
+    # (samples, 1), for encoders with their own feature extractor (HFAudioEncoder). Separate files, side by side.
+    kind: Literal["logmel", "waveform"] = "logmel"
+    sample_rate: int = 16000  # Hz of stored waveforms (kind: waveform); the audio model's own rate
+
+    @property
+    def frames_per_sec(self) -> float:
+        """Time steps per second of the stored features: 1 / hop_sec (log-mels) or sample_rate (waveforms)."""
+        return float(self.sample_rate) if self.kind == "waveform" else 1.0 / self.hop_sec
 
 
 @dataclass
@@ -105,6 +114,12 @@ class AudioEncoderConf:
     init: Literal["prior", "random"] = "prior"  # 'prior' loads pretrained.cnn14_weights
     trainable: bool = True  # False freezes everything but the final projection
     dropout: bool = True  # the baseline's dropout (0.2 after each conv block, 0.5 around fc1); False removes it
+    # HFAudioEncoder only (any audio model transformers loads with its feature extractor):
+    pretrained: str = ""  # hub id or local folder (save_pretrained layout), e.g. MIT/ast-finetuned-audioset-10-10-0.4593
+    pooling: Literal["cls", "mean"] = "mean"  # first token, or mean over time of the last hidden states
+    window_sec: float = 0.0  # clips longer than this are cut into windows whose embeddings are averaged;
+    # 0 = the model's own window (AST: max_length frames, CLAP: 10 s, Whisper: 30 s; wav2vec2/HuBERT: whole clip)
+    finetune_lr: float = 0.0  # learning rate of the pretrained body; 0 = train.lr
 
 
 @dataclass
@@ -112,7 +127,12 @@ class TextEncoderConf:
     name: str = "SentBERTBaseEncoder"  # key of models.text_encoders.TEXT_ENCODERS
     out_dim: int = 300  # embedding size (must equal the audio encoder's)
     finetune_lr: float = 2e-5  # learning rate of the transformer when the text model is fine-tuned
-    max_seq_length: int = 64  # tokens per caption when fine-tuning
+    max_seq_length: int = 64  # tokens per caption when fine-tuning (SentenceTransformerEncoder, HFTextEncoder)
+    # HFTextEncoder only (any transformers text model: BERT, RoBERTa, GTE, a sentence-transformers folder):
+    pretrained: str = ""  # hub id or local folder, e.g. roberta-large
+    pooling: Literal["cls", "mean"] = "cls"  # first token, or mean over the caption's tokens
+    normalize_captions: bool = False  # lower case and punctuation removed before tokenising (as d25_t6)
+    trainable: bool = True  # False freezes the transformer (only the projection trains)
 
 
 @dataclass
@@ -146,12 +166,31 @@ class EarlyStopConf:
 
 
 @dataclass
+class SpecAugmentConf:
+    """Time and frequency masks on training log-mels (never on evaluation); 0 masks = off."""
+
+    time_masks: int = 0  # time masks per clip
+    time_width: int = 0  # widest time mask (frames); each mask's width is uniform in 0..time_width
+    freq_masks: int = 0  # frequency masks per clip
+    freq_width: int = 0  # widest frequency mask (mel bands)
+
+
+@dataclass
 class TrainConf:
     epochs: int = 80  # training epochs
     batch_size: int = 32  # caption-clip pairs per batch
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 0.0  # Adam weight decay
-    temperature: float = 0.07  # InfoNCE temperature
+    optimizer: Literal["adam", "adamw"] = "adam"  # adam (L2 in the gradient, the baseline) or adamw (decoupled decay)
+    schedule: Literal["plateau", "cosine"] = "plateau"  # plateau = ReduceLROnPlateau (train.scheduler), per epoch;
+    # cosine = linear warm-up over warmup_epochs, then cosine decay to lr_min at the last step, stepped per step
+    warmup_epochs: float = 0.0  # cosine: epochs of linear warm-up from 0
+    lr_min: float = 0.0  # cosine: learning rate at the end (fine-tuned groups: scaled by their lr / train.lr)
+    grad_clip: float = 0.0  # clip the gradient's global L2 norm to this; 0 = off
+    segment_sec: float = 0.0  # random training crop of this many seconds (shorter clips whole); 0 = whole clips
+    specaugment: SpecAugmentConf = field(default_factory=SpecAugmentConf)  # log-mel encoders only
+    temperature: float = 0.07  # InfoNCE temperature (the initial value when temperature_trainable)
+    temperature_trainable: bool = False  # learn the temperature (a model parameter, saved in checkpoints)
     seed: int = 0  # seeds python, numpy and torch
     scheduler: SchedulerConf = field(default_factory=SchedulerConf)
     early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)
@@ -309,6 +348,24 @@ def _check(conf: Config) -> None:
     if overlap:
         raise ConfigError(f"data.query_splits and data.splits share {sorted(overlap)}; a split is one or the other")
     check_sources(conf.data)
+    _check_encoders(conf)
+
+
+def _check_encoders(conf: Config) -> None:
+    """HF encoders need a model; SpecAugment needs log-mels. (That the audio encoder reads ``features.kind`` is
+    checked when the model is built, so stage 2 can make either feature set under any config.)"""
+    a, t = conf.model.audio_enc, conf.model.text_enc
+    for name, enc in (("audio_enc", a), ("text_enc", t)):
+        if enc.name.startswith("HF") and not enc.pretrained:
+            raise ConfigError(f"model.{name}.pretrained: {enc.name} needs a hub id or a local folder "
+                              f"(save_pretrained layout), e.g. --set model.{name}.pretrained=PATH")
+    if conf.train.schedule == "cosine" and conf.train.lr_min > conf.train.lr:
+        raise ConfigError(f"train.lr_min ({conf.train.lr_min}) must not exceed train.lr ({conf.train.lr}): the "
+                          "cosine schedule decays from lr to lr_min")
+    sa = conf.train.specaugment
+    if (sa.time_masks or sa.freq_masks) and conf.features.kind != "logmel":
+        raise ConfigError("train.specaugment masks log-mels; with features.kind waveform set its time_masks and "
+                          "freq_masks to 0")
 
 
 def check_sources(data: DataConf) -> None:

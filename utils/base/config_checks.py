@@ -55,9 +55,12 @@ RANGES: dict[str, Range] = {
     "features.win_sec": Range(0, 10, open_low=True),  # seconds
     "features.hop_sec": Range(0, 10, open_low=True),  # seconds
     "features.workers": at_least(0),  # 0 = all cores
+    "features.sample_rate": Range(1000, 192000),  # Hz
     "text.batch_size": at_least(1),
     "model.audio_enc.out_dim": at_least(1),
     "model.audio_enc.width": Range(0, 16, open_low=True),
+    "model.audio_enc.window_sec": Range(0, 600),  # seconds; 0 = the model's own window
+    "model.audio_enc.finetune_lr": at_least(0),  # 0 = train.lr
     "model.text_enc.out_dim": at_least(1),
     "model.text_enc.finetune_lr": at_least(0),
     "model.text_enc.max_seq_length": at_least(1),
@@ -65,6 +68,14 @@ RANGES: dict[str, Range] = {
     "train.batch_size": at_least(2),  # a contrastive loss needs negatives
     "train.lr": at_least(0),  # 0 freezes the weights (tests, sanity checks)
     "train.weight_decay": at_least(0),
+    "train.warmup_epochs": at_least(0),
+    "train.lr_min": at_least(0),
+    "train.grad_clip": at_least(0),  # 0 = off
+    "train.segment_sec": Range(0, 600),  # seconds; 0 = whole clips
+    "train.specaugment.time_masks": Range(0, 100),
+    "train.specaugment.time_width": at_least(0),  # frames
+    "train.specaugment.freq_masks": Range(0, 100),
+    "train.specaugment.freq_width": at_least(0),  # mel bands
     "train.temperature": positive(),
     "train.seed": Range(0, 2 ** 32 - 1),  # numpy seeds are 32-bit
     "train.scheduler.factor": Range(0, 1, open_low=True, open_high=True),  # the lr must shrink

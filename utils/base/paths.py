@@ -58,6 +58,17 @@ def logmels(conf: Config, split: str) -> Path:
     return work_dir(conf) / f"{split}_audio_logmels.hdf5"
 
 
+def waveforms(conf: Config, split: str) -> Path:
+    """Stage 2 output with ``features.kind: waveform``: one ``(samples, 1)`` float32 dataset per fid, at
+    ``features.sample_rate`` (the rate is in the name, so sets for several models live side by side)."""
+    return work_dir(conf) / f"{split}_audio_waveforms_{conf.features.sample_rate}hz.hdf5"
+
+
+def features(conf: Config, split: str) -> Path:
+    """The stage 2 file the config's audio encoder reads: :func:`logmels` or :func:`waveforms` (``features.kind``)."""
+    return waveforms(conf, split) if conf.features.kind == "waveform" else logmels(conf, split)
+
+
 def text_embeds(conf: Config) -> Path:
     """Stage 3 output: caption embeddings of every split, keyed by tid."""
     return work_dir(conf) / conf.data.text_embeds

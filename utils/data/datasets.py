@@ -1,15 +1,19 @@
 """Training and evaluation data: log-mel features from HDF5, caption tables, SBERT vectors.
 
 Item and batch schemas:
-    PairDataset[i] -> (audio (T, 64) float32 tensor, text (D,) tensor or str, clip index int, pair index int)
-    collate_pairs  -> Batch(audio (B, T_max, 64) zero-padded, text (B, D) or list[str], clip (B,), index (B,))
+    PairDataset[i] -> (audio (T, C) float32 tensor, text (D,) tensor or str, clip index int, pair index int)
+    collate_pairs  -> Batch(audio (B, T_max, C) zero-padded, text (B, D) or list[str], clip (B,), index (B,),
+                            lengths (B,))
+C is 64 mel bands (log-mels) or 1 (waveforms, ``features.kind: waveform``, T = samples).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -20,6 +24,7 @@ from utils.base import paths
 from utils.base.config import Config
 from utils.base.errors import DataError, warn
 from utils.base.tables import SKIPPED_COLUMNS, read_rows, read_text_table
+from utils.data.augment import TrainAugment
 from utils.data.caption_vectors import load_text_embeddings
 
 
@@ -97,7 +102,7 @@ def open_features(conf: Config, split: str, rows: list[dict], table: Path,
     """The log-mels of ``split`` and the ``rows`` (of ``table``) that have them: rows of clips that stage 2
     listed as unreadable are left out (:func:`drop_skipped_clips`); any other clip without features is a
     :class:`DataError`."""
-    store = LogmelStore(paths.logmels(conf, split), in_memory=in_memory)
+    store = LogmelStore(paths.features(conf, split), in_memory=in_memory)
     rows = drop_skipped_clips(conf, split, rows, store)
     missing = [r["fid"] for r in rows if r["fid"] not in store]
     if missing:
@@ -147,11 +152,16 @@ def load_split(conf: Config, split: str, need_embeds: bool = True, in_memory: bo
 
 
 class PairDataset(Dataset):
-    """Caption-level pairs: every caption with its clip (the baseline's training items)."""
+    """Caption-level pairs: every caption with its clip (the baseline's training items); ``augment`` (training
+    only) crops and masks each clip's features as it is read; ``prepare`` (HFAudioEncoder's windowed feature
+    extractor) turns a batch's clips into model inputs in :class:`PairCollate`."""
 
-    def __init__(self, data: SplitData, text_kind: str = "embedding"):
+    def __init__(self, data: SplitData, text_kind: str = "embedding", augment: TrainAugment | None = None,
+                 prepare: Callable[[list[np.ndarray]], Any] | None = None):
         self.data = data
         self.text_kind = text_kind
+        self.augment = augment
+        self.prepare = prepare  # the audio encoder's own feature extraction, run by PairCollate in the workers
 
     def __len__(self) -> int:
         return len(self.data.text_rows)
@@ -159,6 +169,8 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int):
         clip = int(self.data.text_to_audio[i])
         audio = torch.from_numpy(np.asarray(self.data.features[self.data.fids[clip]], dtype=np.float32))
+        if self.augment is not None:
+            audio = self.augment(audio)  # (T', C)
         if self.text_kind == "embedding":
             text = torch.from_numpy(self.data.text_embeds[i])
         else:
@@ -168,7 +180,7 @@ class PairDataset(Dataset):
 
 @dataclass
 class Batch:
-    audio: torch.Tensor  # (B, T_max, mels), zero-padded
+    audio: Any  # (B, T_max, C) zero-padded tensor, or what PairDataset.prepare made of the clips
     text: torch.Tensor | list[str]  # (B, D) or captions
     clip: torch.Tensor  # (B,) clip index, for the InfoNCE mask
     index: torch.Tensor  # (B,) pair index into the split's caption table
@@ -189,11 +201,24 @@ def pad_stack(arrays: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+class PairCollate:
+    """:func:`collate_pairs`, with the clips turned into model inputs by ``prepare`` when given (in the workers)."""
+
+    def __init__(self, prepare: Callable[[list[np.ndarray]], Any] | None = None):
+        self.prepare = prepare
+
+    def __call__(self, items) -> Batch:
+        batch = collate_pairs(items)
+        if self.prepare is not None:
+            batch.audio = self.prepare([item[0].numpy() for item in items])
+        return batch
+
+
 def collate_pairs(items) -> Batch:
     audio, text, clip, index = zip(*items, strict=True)
     text = torch.stack(text) if isinstance(text[0], torch.Tensor) else list(text)
-    return Batch(pad_stack(list(audio)), text, torch.tensor(clip), torch.tensor(index),
-                 torch.tensor([a.shape[0] for a in audio]))
+    lengths = torch.tensor([a.shape[0] for a in audio])
+    return Batch(pad_stack(list(audio)), text, torch.tensor(clip), torch.tensor(index), lengths)
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -60,6 +60,11 @@ def embed_audio(model, get_clip: Callable[[int], np.ndarray], lengths: Sequence[
     if device.type == "cpu":
         width = float(getattr(getattr(model, "audio_enc", None), "width", 1.0))
         batches = frame_budget_batches(batches, lengths, int(CPU_BATCH_FRAMES * 0.125 / width))
+    takes_lengths = getattr(getattr(model, "audio_enc", None), "takes_lengths", False)
+
+    def extra(idx: list[int]) -> tuple:  # (lengths (batch,),) for encoders that use them (HFAudioEncoder)
+        return (torch.tensor([lengths[k] for k in idx]),) if takes_lengths else ()
+
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         audio = pad_stack([torch.from_numpy(np.asarray(get_clip(k), dtype=np.float32)) for k in idx])  # (B, T, M)
         frames = torch.as_tensor([lengths[k] for k in idx]) if exact else None  # (B,)

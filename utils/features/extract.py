@@ -30,6 +30,7 @@ from utils.features.parts import (
     part_path,
     parts_dir_for,
 )
+from utils.features.waveform import WAVEFORM_FORMULA
 from utils.features.workers import Clip, compute_clips
 
 FORMAT_VERSION = 1  # bump when the stored layout changes; older files and parts are then rebuilt
@@ -65,8 +66,11 @@ class ExtractSummary:
 def extract_split(audio_rows: Iterable[dict], dataset_dir: str | os.PathLike, out_path: str | os.PathLike,
                   skipped_path: str | os.PathLike, workers: int = 0, device: str = "cpu", progress: bool = True,
                   *, n_mels: int = N_MELS, win_sec: float = WIN_SEC, hop_sec: float = HOP_SEC,
-                  batched: bool | None = None, desc: str = "log-mel") -> ExtractSummary:
-    """Write one ``(T, n_mels)`` float32 dataset per clip (named by fid) to the HDF5 ``out_path``.
+                  batched: bool | None = None, desc: str = "log-mel", kind: str = "logmel",
+                  sample_rate: int = 16000) -> ExtractSummary:
+    """Write one ``(T, n_mels)`` float32 dataset per clip (named by fid) to the HDF5 ``out_path``; with
+    ``kind='waveform'`` the clip's mono audio at ``sample_rate`` instead, ``(samples, 1)``
+    (:mod:`utils.features.waveform`; always per clip on the CPU pool).
 
     ``audio_rows``: a stage-1 audio table (fid, fname, path relative to ``dataset_dir``, ...).
     ``workers``: processes (0 = all cores). ``device='cuda'`` decodes in ``workers`` processes and
@@ -83,7 +87,8 @@ def extract_split(audio_rows: Iterable[dict], dataset_dir: str | os.PathLike, ou
     t0 = time.perf_counter()
     device = _check_device(device)
     out_path = Path(out_path)
-    params = _params(n_mels, win_sec, hop_sec)
+    params = _params(n_mels, win_sec, hop_sec) if kind == "logmel" else _waveform_params(sample_rate)
+    channels = _channels(params)
     clips = _clips(audio_rows, Path(dataset_dir))
     wanted = {c.fid for c in clips}
     parts_dir = parts_dir_for(out_path)
@@ -106,7 +111,7 @@ def extract_split(audio_rows: Iterable[dict], dataset_dir: str | os.PathLike, ou
     rebuild = existing is None or damaged  # no usable HDF5 in place: write one even if no clip succeeds
     existing = existing or {}
     done = {fid: t for fid, t in existing.items() if fid in wanted}  # fid -> T, already finished
-    from_parts = finished_parts(parts_dir, [c.fid for c in clips if c.fid not in done], n_mels)
+    from_parts = finished_parts(parts_dir, [c.fid for c in clips if c.fid not in done], channels)
     done.update(from_parts)
     todo = [c for c in clips if c.fid not in done]
 
@@ -141,6 +146,17 @@ def _params(n_mels: int, win_sec: float, hop_sec: float) -> dict:
     """Everything the stored features depend on; a stored file or parts folder with others is rebuilt."""
     return {"n_mels": int(n_mels), "win_sec": float(win_sec), "hop_sec": float(hop_sec), "formula": FORMULA,
             "format_version": FORMAT_VERSION}
+
+
+def _waveform_params(sample_rate: int) -> dict:
+    """Everything stored waveforms depend on (``features.kind: waveform``)."""
+    return {"kind": "waveform", "sample_rate": int(sample_rate), "formula": WAVEFORM_FORMULA,
+            "format_version": FORMAT_VERSION}
+
+
+def _channels(params: dict) -> int:
+    """Width of each stored ``(T, C)`` dataset: n_mels for log-mels, 1 for waveforms."""
+    return 1 if params.get("kind") == "waveform" else int(params["n_mels"])
 
 
 def _clips(audio_rows: Iterable[dict], dataset_dir: Path) -> list[Clip]:
@@ -182,7 +198,7 @@ def _existing_frames(out_path: Path, params: dict) -> dict[str, int] | None:
                 print(f"{out_path} was made with other settings or an older version; rebuilding it")
                 return None
             return {fid: int(ds.shape[0]) * (features_problem(ds[()]) is None) for fid, ds in h5.items()
-                    if isinstance(ds, h5py.Dataset) and ds.ndim == 2 and ds.shape[1] == params["n_mels"]
+                    if isinstance(ds, h5py.Dataset) and ds.ndim == 2 and ds.shape[1] == _channels(params)
                     and ds.dtype == np.float32}  # T of a non-finite clip is 0: computed again
     except (OSError, RuntimeError, KeyError, ValueError) as err:  # truncated, or damaged metadata
         print(f"warning: {out_path} is unreadable ({err}); rebuilding it", file=sys.stderr)
@@ -209,7 +225,7 @@ def _assemble(out_path: Path, order: list[str], existing: dict[str, int], parts_
                     src = old[fid]
                     dst.create_dataset(fid, data=src[()]).attrs.update(dict(src.attrs))
                     continue
-                part = load_part(part_path(parts_dir, fid), params["n_mels"])
+                part = load_part(part_path(parts_dir, fid), _channels(params))
                 if part is None:
                     raise PipelineError(f"part of clip {fid} in {parts_dir} vanished or was damaged during "
                                         "the run; rerun the same command to recompute it")

@@ -28,6 +28,7 @@ from utils.features.logmel import (
     use_mel_filters,
 )
 from utils.features.parts import part_path, save_part
+from utils.features.waveform import waveform
 
 
 @dataclass
@@ -48,10 +49,14 @@ def compute_clips(todo: list[Clip], parts_dir: Path, params: dict, workers: int,
     if batched is None:
         batched = device != "cpu"
     workers = _n_workers(workers, len(todo))
-    banks = _warm_up({c.sample_rate for c in todo}, params) if workers > 1 else {}
     by_fid = {c.fid: c for c in todo}
-    tasks = [(c.fid, str(c.path), str(part_path(parts_dir, c.fid)), params["n_mels"], params["win_sec"],
-              params["hop_sec"]) for c in todo]
+    if params.get("kind") == "waveform":
+        tasks = [(c.fid, str(c.path), str(part_path(parts_dir, c.fid)), params["sample_rate"]) for c in todo]
+        batched, banks = False, {}
+    else:
+        banks = _warm_up({c.sample_rate for c in todo}, params) if workers > 1 else {}
+        tasks = [(c.fid, str(c.path), str(part_path(parts_dir, c.fid)), params["n_mels"], params["win_sec"],
+                  params["hop_sec"]) for c in todo]
     bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not progress, smoothing=0.1)
     out = []
     try:
@@ -112,11 +117,15 @@ def _run_per_clip(tasks: list[tuple], workers: int,
 
 
 def _extract_one(task: tuple) -> tuple[str, int, str | None]:
-    """Worker: decode one clip, compute, save its part. ``(fid, T, None)`` or ``(fid, 0, reason)``."""
-    fid, path, part, n_mels, win_sec, hop_sec = task
+    """Worker: decode one clip, compute, save its part. ``(fid, T, None)`` or ``(fid, 0, reason)``.
+    A task of 4 items is a waveform one: ``(fid, path, part, sample_rate)``."""
+    fid, path, part = task[:3]
     try:
         y, sr = load_audio(path)
-        feat, problem = checked_logmel(y, sr, n_mels, win_sec, hop_sec)  # (T, mels) or None
+        if len(task) == 4:
+            feat, problem = waveform(y, sr, task[3])  # (samples, 1) or None
+        else:
+            feat, problem = checked_logmel(y, sr, *task[3:])  # (T, mels) or None
     except AudioReadError as err:
         return fid, 0, err.reason
     except ValueError as err:  # a sample rate too low for the window

@@ -19,6 +19,7 @@ from utils.base.errors import DataError, PipelineError
 from utils.data.audio import load_audio
 from utils.evaluation.embedding import TEXT_VECTOR_BATCH, embed_audio, embed_text
 from utils.features.logmel import checked_logmel
+from utils.features.waveform import waveform
 from utils.text.fingerprint import weights_fingerprint
 from utils.text.sbert import encode, load_sbert
 
@@ -26,7 +27,8 @@ AudioItem = str | os.PathLike | tuple | np.ndarray | torch.Tensor  # path, (y, s
 
 
 def clip_features(item: AudioItem, features: FeatureConf) -> np.ndarray:
-    """Stage 2's log-mels of one clip: ``(time, n_mels)`` float32.
+    """Stage 2's features of one clip: log-mels ``(time, n_mels)`` float32 (waveforms ``(samples, 1)`` with
+    ``features.kind: waveform``).
 
     Args:
         item: an audio file path (any format and sample rate soundfile / librosa read), a ``(y, sr)``
@@ -40,11 +42,16 @@ def clip_features(item: AudioItem, features: FeatureConf) -> np.ndarray:
             y = y.mean(axis=1)  # (samples, channels) -> mono, as load_audio does
     else:
         mel = np.asarray(item.cpu() if isinstance(item, torch.Tensor) else item, dtype=np.float32)
+        if features.kind == "waveform":  # stored waveforms at features.sample_rate: (samples,) or (samples, 1)
+            return mel.reshape(-1, 1)
         if mel.ndim != 2 or mel.shape[1] != features.n_mels:
             raise ValueError(f"expected a path, a (y, sr) tuple or log-mels (time, {features.n_mels}); "
                              f"got an array of shape {mel.shape}")
         return mel
-    mel, problem = checked_logmel(y, sr, features.n_mels, features.win_sec, features.hop_sec)  # (time, n_mels)
+    if features.kind == "waveform":
+        mel, problem = waveform(y, sr, features.sample_rate)  # (samples, 1)
+    else:
+        mel, problem = checked_logmel(y, sr, features.n_mels, features.win_sec, features.hop_sec)  # (time, n_mels)
     if problem:
         raise DataError(problem)
     return mel

@@ -71,7 +71,8 @@ class Retriever(Embedder):
         """Identifies the embeddings: checkpoint file (path, mtime, size) and feature settings."""
         st = self.run.checkpoint_file.stat()
         f = self.conf.features
-        feats = json.dumps([f.n_mels, f.win_sec, f.hop_sec, FORMULA])
+        feats = json.dumps([f.n_mels, f.win_sec, f.hop_sec, FORMULA] if f.kind == "logmel" else
+                           ["waveform", f.sample_rate])
         return f"{self.run.checkpoint_file.resolve()}|{st.st_mtime_ns}|{st.st_size}|{feats}|{self.run.dtype}"
 
     def index_folder(self, folder: str | os.PathLike, progress: bool = True, rebuild: bool = False) -> IndexUpdate:

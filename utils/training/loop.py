@@ -60,8 +60,11 @@ def _describe_batch(batch, data: SplitData) -> str:
 
 
 def train_one_epoch(model, ddp_model, loader, optimizer, scaler, conf: Config, state: runs.TrainState,
-                    data: SplitData, device: torch.device, dtype, d: Dist) -> float:
-    """One pass over the training pairs; returns the mean training loss (averaged over ranks)."""
+                    data: SplitData, device: torch.device, dtype, d: Dist, step_scheduler=None) -> float:
+    """One pass over the training pairs; returns the mean training loss (averaged over ranks).
+
+    ``step_scheduler``: a per-step lr scheduler (``train.schedule: cosine``), stepped after every optimizer step.
+    """
     model.train()
     ddp_model.train()
     total = torch.zeros((), device=device)
@@ -78,16 +81,22 @@ def train_one_epoch(model, ddp_model, loader, optimizer, scaler, conf: Config, s
         audio = batch.audio.to(device, non_blocking=True)
         text = batch.text.to(device, non_blocking=True) if isinstance(batch.text, torch.Tensor) else batch.text
         clip = batch.clip.to(device, non_blocking=True)
-        lengths = batch.lengths.to(device, non_blocking=True) if conf.train.masked_pooling else None  # (B,)
+        masked = conf.train.masked_pooling or getattr(model.audio_enc, "takes_lengths", False)  # waveform encoders
+        lengths = batch.lengths.to(device, non_blocking=True) if masked else None  # (B,)
         with autocast(device, dtype):
             audio_emb, text_emb = ddp_model(audio, text, lengths)  # lengths None: the baseline's padded batches
         # Similarities and loss in float32, over the global batch of every rank.
         loss = info_nce(gather_batch(audio_emb.float(), d), gather_batch(text_emb.float(), d),
-                        gather_batch(clip, d), conf.train.temperature)
+                        gather_batch(clip, d), model.temperature(conf.train.temperature))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss * d.world).backward()  # DDP averages gradients; x world = gradient of the global loss
+        if conf.train.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), conf.train.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if step_scheduler is not None:
+            step_scheduler.step()
         state.step += 1
         done += 1
         total += loss.detach()
@@ -137,9 +146,10 @@ def validate(model: DualEncoderModel, data: SplitData, conf: Config, device, dty
     order = np.random.default_rng(conf.train.seed).permutation(len(data.text_rows))  # same batches every epoch
     t2a = torch.as_tensor(data.text_to_audio)
     losses = []
+    temperature = float(model.temperature(conf.train.temperature))
     for start in range(0, len(order), conf.train.batch_size):
         idx = torch.as_tensor(order[start:start + conf.train.batch_size])
-        losses.append(float(info_nce(audio_emb[t2a[idx]], text_emb[idx], t2a[idx], conf.train.temperature)))
+        losses.append(float(info_nce(audio_emb[t2a[idx]], text_emb[idx], t2a[idx], temperature)))
     require_finite(losses, f"the validation losses of {where}", row_kind="batch")
     scores = (text_emb @ audio_emb.t()).numpy()  # (n_texts, n_clips)
     require_finite(scores, f"the scores of {where}", [r["tid"] for r in data.text_rows], "caption", data.fids, "clip")
@@ -215,8 +225,9 @@ def _one_epoch(s: TrainSetup) -> tuple[dict, bool]:
     conf, state = s.conf, s.state
     t0 = time.time()
     loader = make_loader(s.dataset, conf, s.d, state.epoch, s.device)
+    per_step = s.scheduler if conf.train.schedule == "cosine" else None
     train_loss = train_one_epoch(s.model, s.train_model, loader, s.optimizer, s.scaler, conf, state, s.data.train,
-                                 s.device, s.dtype, s.d)
+                                 s.device, s.dtype, s.d, per_step)
     t_train = time.time() - t0
     try:
         val = validate(s.model, s.data.val, conf, s.device, amp_dtype(conf.eval.amp, s.device), s.d)  # float32 by default
@@ -225,11 +236,14 @@ def _one_epoch(s: TrainSetup) -> tuple[dict, bool]:
                 if state.best_epoch else "no best.pt (no epoch validated yet)")
         raise TrainingError(f"training stopped in epoch {state.epoch + 1}: {err}. Kept: {kept} and last.pt of epoch "
                             f"{state.epoch}; nothing of epoch {state.epoch + 1} was saved") from err
-    s.scheduler.step(val["val_loss"])
+    if per_step is None:
+        s.scheduler.step(val["val_loss"])
     state.epoch += 1
     record = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss, **val,
               "lr": s.optimizer.param_groups[0]["lr"], "train_time_s": round(t_train, 2),
               "epoch_time_s": round(time.time() - t0, 2)}
+    if conf.train.temperature_trainable:
+        record["temperature"] = float(torch.as_tensor(s.model.temperature(conf.train.temperature)).detach())
     state.history.append(record)
     improved = val["val_t2a"]["mAP@10"] > state.best_map
     if improved:

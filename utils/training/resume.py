@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from utils import runs
-from utils.base.config import Config, to_dict
+from utils.base.config import Config, ConfigError, from_dict, to_dict
 from utils.base.config_diff import config_changes
 from utils.base.errors import DataError, PipelineError, warn
 from utils.base.fileio import read_torch_file
@@ -91,6 +91,10 @@ def settings_differ(saved: dict | None, current: dict) -> str | None:
     from ``current``, as ``"key=old (the config says new), ..."``; None when they agree or there is no config."""
     if not isinstance(saved, dict):
         return None
+    try:
+        saved = to_dict(from_dict(saved))  # keys added since the checkpoint was written take their defaults
+    except ConfigError:
+        pass  # compared as saved
     diffs = [f"{key}={old!r} (the config says {new!r})"
              for key, (old, new) in config_changes(saved, current).items() if not resumable(key)]
     return ", ".join(diffs) or None

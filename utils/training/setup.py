@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,14 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from models.core import DualEncoderModel, build_model
+from models.text_encoders import text_input_kind
 from utils import runs
 from utils.base import paths
 from utils.base.config import Config
 from utils.base.devices import amp_dtype, resolve_device, use_channels_last
 from utils.base.errors import PipelineError
-from utils.data.datasets import PairDataset, SplitData, collate_pairs
+from utils.data.augment import TrainAugment
+from utils.data.datasets import PairCollate, PairDataset, SplitData
 from utils.data.overlap import check_split_overlap
 from utils.data.split_mix import load_splits
 from utils.text.fingerprint import check_vector_provenance
@@ -53,7 +56,7 @@ class TrainSetup:
     model: DualEncoderModel  # the bare model (state dicts, validation)
     train_model: torch.nn.Module  # what the training step calls: the model, wrapped in DDP and/or compiled
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | torch.optim.lr_scheduler.LambdaLR  # train.schedule
     scaler: torch.amp.GradScaler
     state: runs.TrainState
     resumed: bool  # True when the state came from checkpoints/last.pt
@@ -79,7 +82,7 @@ def training_device(conf: Config, d: Dist) -> torch.device:
 def load_training_data(conf: Config) -> TrainData:
     """Both splits; every missing or inconsistent file is reported before any training starts, and training clips
     that are also validation or evaluation clips stop it (:func:`utils.data.overlap.check_split_overlap`)."""
-    text_kind = "text" if conf.model.text_enc.name == "SentenceTransformerEncoder" else "embedding"
+    text_kind = text_input_kind(conf.model.text_enc.name)
     need_embeds = text_kind == "embedding"
     train = load_splits(conf, conf.data.train_split, need_embeds, conf.train.in_memory)
     val = load_splits(conf, conf.data.val_split, need_embeds, conf.train.in_memory)
@@ -90,21 +93,55 @@ def load_training_data(conf: Config) -> TrainData:
     return TrainData(train, val, text_kind, text_dim, check_split_overlap(conf), fingerprint)
 
 
+def _trainable_ids(module: torch.nn.Module, method: str = "backbone_parameters") -> set[int]:
+    return {id(p) for p in getattr(module, method)() if p.requires_grad} if hasattr(module, method) else set()
+
+
 def build_optimizer(model: DualEncoderModel, conf: Config) -> torch.optim.Optimizer:
-    """Adam over trainable parameters; a fine-tuned text transformer gets its own (smaller) lr."""
-    backbone = set()
-    if hasattr(model.text_enc, "backbone_parameters"):
-        backbone = {id(p) for p in model.text_enc.backbone_parameters()}
-    main = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone]
-    groups = [{"params": main, "lr": conf.train.lr}]
-    tuned = [p for p in model.parameters() if p.requires_grad and id(p) in backbone]
-    if tuned:
-        groups.append({"params": tuned, "lr": conf.model.text_enc.finetune_lr})
-    return torch.optim.Adam(groups, lr=conf.train.lr, weight_decay=conf.train.weight_decay)
+    """Adam (or AdamW, ``train.optimizer``) over trainable parameters. A pretrained text body gets
+    ``model.text_enc.finetune_lr``, a pretrained audio body ``model.audio_enc.finetune_lr`` (0 = train.lr);
+    a learnable temperature gets no weight decay."""
+    text_body = _trainable_ids(model.text_enc)
+    audio_lr = conf.model.audio_enc.finetune_lr
+    audio_body = _trainable_ids(model.audio_enc) if audio_lr > 0 else set()
+    temperature = {id(model.log_temperature)} if hasattr(model, "log_temperature") else set()
+    special = text_body | audio_body | temperature
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in special], "lr": conf.train.lr}]
+    for ids, group in ((text_body, {"lr": conf.model.text_enc.finetune_lr}), (audio_body, {"lr": audio_lr}),
+                       (temperature, {"lr": conf.train.lr, "weight_decay": 0.0})):
+        if ids:
+            groups.append({"params": [p for p in params if id(p) in ids], **group})
+    optimizer = torch.optim.AdamW if conf.train.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(groups, lr=conf.train.lr, weight_decay=conf.train.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, conf: Config) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    s = conf.train.scheduler
+def cosine_factor(step: int, warmup_steps: int, total_steps: int, floor: float) -> float:
+    """lr multiplier of optimizer step ``step`` (0-based): linear warm-up ``(step + 1) / warmup_steps``, then a
+    cosine from 1 down to ``floor`` at the last step ``total_steps - 1`` (and ``floor`` after it)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def steps_per_epoch(n_pairs: int, conf: Config, d: Dist) -> int:
+    """Optimizer steps in one epoch: this rank's share of ``n_pairs`` in batches, capped by max_steps_per_epoch."""
+    per_rank = conf.train.batch_size // d.world
+    steps = math.ceil(math.ceil(n_pairs / d.world) / per_rank)
+    cap = conf.train.max_steps_per_epoch
+    return min(steps, cap) if cap > 0 else steps
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, conf: Config, epoch_steps: int = 1):
+    """``train.schedule``: ReduceLROnPlateau (stepped per epoch on the validation loss), or cosine: a
+    LambdaLR of :func:`cosine_factor`, stepped after every optimizer step (``epoch_steps`` per epoch)."""
+    t = conf.train
+    if t.schedule == "cosine":
+        warmup, total = round(t.warmup_epochs * epoch_steps), t.epochs * epoch_steps
+        floor = t.lr_min / t.lr if t.lr > 0 else 0.0
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, warmup, total, floor))
+    s = t.scheduler
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=s.factor, patience=s.patience, threshold=s.threshold,
         threshold_mode=s.threshold_mode, min_lr=s.min_lr)
@@ -120,7 +157,7 @@ def make_loader(dataset: PairDataset, conf: Config, d: Dist, epoch: int, device:
         gen = torch.Generator().manual_seed(conf.train.seed * 100_003 + epoch)  # same order after a resume
         sampler = RandomSampler(dataset, generator=gen)
     workers = conf.train.num_workers
-    return DataLoader(dataset, batch_size=per_rank, sampler=sampler, collate_fn=collate_pairs,
+    return DataLoader(dataset, batch_size=per_rank, sampler=sampler, collate_fn=PairCollate(dataset.prepare),
                       num_workers=workers, pin_memory=device.type == "cuda",
                       persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
 
@@ -141,7 +178,9 @@ def setup_training(conf: Config, d: Dist, restart: bool = False, data: TrainData
     if use_channels_last(conf.train.channels_last, device):
         model.audio_enc.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, conf)
-    scheduler = build_scheduler(optimizer, conf)
+    dataset = PairDataset(data.train, data.text_kind, TrainAugment.from_config(conf),
+                          getattr(model.audio_enc, "extractor", None))
+    scheduler = build_scheduler(optimizer, conf, steps_per_epoch(len(dataset), conf, d))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     state = runs.TrainState()
     if resuming:
@@ -153,5 +192,5 @@ def setup_training(conf: Config, d: Dist, restart: bool = False, data: TrainData
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     train_model = torch.compile(ddp_model, dynamic=True) if conf.train.compile else ddp_model
-    return TrainSetup(conf, d, device, dtype, data, PairDataset(data.train, data.text_kind), model, train_model,
+    return TrainSetup(conf, d, device, dtype, data, dataset, model, train_model,
                       optimizer, scheduler, scaler, state, resuming)
