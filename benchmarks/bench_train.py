@@ -50,7 +50,7 @@ from models.core import build_model
 from utils.base.config import Config, from_dict, to_dict
 from utils.base.devices import resolve_device, use_channels_last
 from utils.data.datasets import LogmelStore, SplitData
-from utils.runs import git_commit
+from utils.run_record import git_commit
 from utils.training.ddp import Dist
 from utils.training.infonce import info_nce
 from utils.training.loop import train_one_epoch, validate

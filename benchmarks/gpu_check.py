@@ -49,7 +49,7 @@ from utils.base.config import Config, from_dict, to_dict
 from utils.base.devices import amp_dtype, autocast
 from utils.data.datasets import PairDataset, collate_pairs
 from utils.features.extract import extract_split
-from utils.runs import git_commit
+from utils.run_record import git_commit
 from utils.training.infonce import info_nce
 from utils.training.setup import build_optimizer
 

@@ -6,6 +6,7 @@
     text/        stage 3: Sentence-BERT models and the caption-vector file
     (models/)    the encoders and the dual-encoder model, beside utils/
     runs.py      the run directory: its layout, the checkpoint dict, loading a trained run
+    run_record.py  a run's config.yaml and run_info.json (versions, options, history of starts and resumes)
     evaluation/  embedding clips and captions, score matrices, metrics, submissions
     training/    main.py's loop: set-up, InfoNCE, resume, DDP
     search/      the Retriever, its index, search.py's modes and the listening page

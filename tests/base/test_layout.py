@@ -14,7 +14,7 @@ LAYERS = {
     "utils.features": 2, "utils.text": 2,
     "models": 3,
     "utils.runs": 4,
-    "utils.evaluation": 5, "utils.cli": 5,
+    "utils.evaluation": 5, "utils.cli": 5, "utils.run_record": 5,
     "utils.training": 6, "utils.search": 6, "utils.pretrained": 6,
     "utils.criterion_utils": 7,  # the kept entry point of the loss (outside checks import it)
 }

@@ -29,7 +29,7 @@ import torch
 
 from models.audio_encoders import CNN14_CHANNELS, CNN14Encoder, list_keys
 from models.core import build_model
-from utils import runs
+from utils import run_record, runs
 from utils.base.config import Config, ConfigError, RunConf, to_dict
 from utils.base.errors import DataError, warn
 from utils.base.fileio import read_torch_file, save_torch_file, write_text_atomic
@@ -203,7 +203,7 @@ def import_checkpoint(conf: Config, checkpoint: str | os.PathLike, run_dir: str 
         raise DataError(f"{run_dir} already exists and is not empty; choose another --out or remove it")
     state = convert_state(_read_format(path, "checkpoint"), MODEL_KEYS, expected_shapes(conf), path, DROPPED_KEYS)
     conf = dataclasses.replace(conf, run=RunConf(dir=str(run_dir.parent), name=run_dir.name))
-    runs.write_run_info(run_dir, conf, torch.device("cpu"), world_size=1)
+    run_record.write_run_info(run_dir, conf, torch.device("cpu"), world_size=1)
     info_file = runs.run_file(run_dir, "run_info")
     info = json.loads(info_file.read_text(encoding="utf-8"))
     info["imported_from"] = {"file": str(path.resolve()), "sha256": sha256_of(path),

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from models.core import DualEncoderModel
-from utils import runs
+from utils import run_record, runs
 from utils.base.config import Config, to_dict
 from utils.base.devices import amp_dtype, autocast
 from utils.base.errors import PipelineError
@@ -191,7 +191,7 @@ def fit(s: TrainSetup) -> runs.TrainState:
         notes = {"text_model_fingerprint": s.data.text_fingerprint}
         if s.data.overlap:
             notes.update(allow_overlap=True, split_overlap=s.data.overlap)
-        runs.write_run_info(s.run_dir, conf, s.device, d.world, state.epoch, notes)
+        run_record.write_run_info(s.run_dir, conf, s.device, d.world, state.epoch, notes)
         _tidy_run(s)
         n_params = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
     wandb_run = _maybe_wandb(conf, d)
