@@ -189,7 +189,7 @@ def evaluate(request: Request) -> Response:
     try:
         with state.lock:  # the index and the caption's row change together on a refresh
             index, row = state.retriever.index, cap.row
-            scores = index.embeddings @ state.retriever.embed_text([cap.text])[0]  # (n_files,)
+            scores = index.scores(state.retriever.embed_text([cap.text]))[0]  # (n_files,)
     except (PipelineError, DataError) as err:
         raise BadRequest(str(err)) from err
     order = top_k(scores, len(scores))  # (n_files,) best first, ties by lower row

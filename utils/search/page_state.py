@@ -134,10 +134,19 @@ def open_page(retriever: Retriever, refresh_index: Callable[[], IndexUpdate], so
 
 def inside_only(index: FolderIndex) -> FolderIndex:
     """``index`` without the files whose real path is outside its folder (symlinks pointing out): the page
-    neither ranks nor streams them; they are listed as skipped, with the reason."""
+    neither ranks nor streams them; they are listed as skipped, with the reason. Each subfolder is resolved once
+    and each file only when it is a link, so a million files cost a million ``lstat`` calls, not ``realpath``."""
     folder = os.path.realpath(index.folder)
-    out = [i for i, p in enumerate(index.paths)
-           if os.path.commonpath([folder, os.path.realpath(os.path.join(folder, p))]) != folder]
+    inside: dict[str, bool] = {}  # subfolder -> its real path lies inside the folder
+    out = []
+    for i, p in enumerate(index.paths):
+        full = os.path.join(folder, p)
+        parent = os.path.dirname(full)
+        if parent not in inside:
+            inside[parent] = os.path.commonpath([folder, os.path.realpath(parent)]) == folder
+        if not inside[parent] or (os.path.islink(full)
+                                  and os.path.commonpath([folder, os.path.realpath(full)]) != folder):
+            out.append(i)
     if not out:
         return index
     keep = np.setdiff1d(np.arange(len(index)), out)
@@ -145,5 +154,6 @@ def inside_only(index: FolderIndex) -> FolderIndex:
     for i in out:
         skipped[index.paths[i]] = (int(index.mtimes[i]), int(index.sizes[i]),
                                    "a link to a file outside the indexed folder: not served")
-    return FolderIndex(index.folder, index.model_key, [index.paths[i] for i in keep], index.mtimes[keep],
-                       index.sizes[keep], index.embeddings[keep], skipped)
+    durations = None if index.durations is None else np.asarray(index.durations)[keep]
+    return FolderIndex(index.folder, index.model_key, [index.paths[i] for i in keep], np.asarray(index.mtimes)[keep],
+                       np.asarray(index.sizes)[keep], index.embeddings[keep], skipped, durations)

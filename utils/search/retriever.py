@@ -24,24 +24,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from utils import runs
 from utils.base.devices import one_thread
-from utils.base.errors import DataError, PipelineError, warn
+from utils.base.errors import PipelineError, warn
 from utils.data.audio import AUDIO_EXTENSIONS
 from utils.evaluation.metrics import top_k
 from utils.features.logmel import FORMULA
-from utils.search.embedder import AudioItem, Embedder, check_queries, clip_features
+from utils.search.embedder import AudioItem, Embedder, check_queries
 from utils.search.index import FolderIndex, IndexUpdate, list_files, scan_audio_files
+from utils.search.indexer import IndexSettings, update_index
+from utils.search.store import Store
 
-CHUNK_FILES = 32  # files whose features are held in memory at once while indexing
 FEW_QUERIES = 16  # up to this many captions per search run single-threaded on the CPU (see utils.base.devices.one_thread)
 
 
@@ -51,6 +50,7 @@ class Retriever(Embedder):
     def __init__(self, run: runs.LoadedRun, batch_size: int | None = None):
         super().__init__(run, batch_size)
         self.index: FolderIndex | None = None
+        self.indexing = IndexSettings()  # workers, shard size, torchrun ranks, where the index lives
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, checkpoint: str = "best", device: str | torch.device = "auto",
@@ -61,11 +61,14 @@ class Retriever(Embedder):
     # ---- folder index ----------------------------------------------------------------------
 
     def index_path(self, folder: str | os.PathLike, kind: str = "folder") -> Path:
-        """Where the index of ``folder`` is cached: ``<run>/search_index/<sha1(abs folder)>_<checkpoint>.npz``
-        (``kind='files'``: the index of a file list whose common folder is ``folder``, kept apart)."""
+        """Where the index of ``folder`` is stored: ``indexing.location`` when set (``search.py --index``), else
+        ``<run>/search_index/<sha1(abs folder)>_<checkpoint>/`` (``kind='files'``: the index of a file list whose
+        common folder is ``folder``, kept apart)."""
         name = str(Path(folder).resolve()) if kind == "folder" else f"{kind}:{Path(folder).resolve()}"
         key = hashlib.sha1(name.encode("utf-8")).hexdigest()
-        return runs.run_file(self.run.run_dir, "search_index") / f"{key}_{self.run.checkpoint}.npz"
+        if self.indexing.location is not None:
+            return Path(self.indexing.location).resolve()
+        return runs.run_file(self.run.run_dir, "search_index") / f"{key}_{self.run.checkpoint}"
 
     def model_key(self) -> str:
         """Identifies the embeddings: checkpoint file (path, mtime, size) and feature settings."""
@@ -97,72 +100,16 @@ class Retriever(Embedder):
         update.missing = missing
         return update
 
-    def _index(self, folder: Path, found: dict[str, tuple[int, int]], cache: Path, progress: bool,
+    def _index(self, folder: Path, found: dict[str, tuple[int, int]], location: Path, progress: bool,
                rebuild: bool) -> IndexUpdate:
-        """Bring the cached index at ``cache`` up to date with ``found`` (relative path -> (mtime_ns, size))."""
-        key = self.model_key()
-        old = None if rebuild else FolderIndex.load(cache)
-        update = IndexUpdate()
-        if old is None or old.model_key != key or old.folder != folder:
-            update.rebuilt = True
-            old = FolderIndex(folder, key, [], np.empty(0, np.int64), np.empty(0, np.int64),
-                              np.empty((0, self.conf.model.audio_enc.out_dim), np.float32))
-
-        keep_rows, old_stat = [], {}
-        for row, p in enumerate(old.paths):
-            old_stat[p] = (int(old.mtimes[row]), int(old.sizes[row]))
-            if found.get(p) == old_stat[p]:
-                keep_rows.append(row)
-        skipped = {p: v for p, v in old.skipped.items() if found.get(p) == v[:2]}
-        update.reused = len(keep_rows)
-        update.removed = sorted(p for p in set(old.paths) | set(old.skipped) if p not in found)
-        kept = {old.paths[r] for r in keep_rows}
-        todo = [p for p in found if p not in kept and p not in skipped]
-        update.changed = [p for p in todo if p in old_stat or p in old.skipped]
-        update.added = [p for p in todo if p not in old_stat and p not in old.skipped]
-
-        new_paths, new_emb = self._embed_files(folder, todo, found, skipped, update, progress)
-        unreadable = set(update.skipped)
-        update.added = [p for p in update.added if p not in unreadable]
-        update.changed = [p for p in update.changed if p not in unreadable]
-        paths = [old.paths[r] for r in keep_rows] + new_paths
-        emb = np.concatenate([old.embeddings[keep_rows], new_emb]) if paths else old.embeddings[:0]
-        order = np.argsort(np.array(paths, dtype=str), kind="stable") if paths else np.empty(0, np.int64)
-        paths = [paths[i] for i in order]
-        index = FolderIndex(folder, key, paths, np.array([found[p][0] for p in paths], np.int64),
-                            np.array([found[p][1] for p in paths], np.int64),
-                            np.ascontiguousarray(emb[order], dtype=np.float32), skipped)
-        if update.rebuilt or update.embedded or update.removed or update.skipped:
-            try:
-                index.save(cache)
-            except OSError as err:
-                warn(f"could not save the search index to {cache} ({err}); it will be rebuilt next time")
-        self.index = index
+        """Bring the stored index at ``location`` up to date with ``found`` (relative path -> (mtime_ns, size))."""
+        old = location.with_name(location.name + ".npz")
+        if old.is_file() and not (location / "meta.json").is_file():
+            warn(f"{old} is a search index of an older version (one .npz), which this version does not read; "
+                 f"building the new one in {location} (delete the .npz when done)")
+        self.index, update = update_index(self, Store(location), folder, found, self.model_key(), self.indexing,
+                                          rebuild, progress)
         return update
-
-    def _embed_files(self, folder: Path, todo: list[str], found: dict[str, tuple[int, int]], skipped: dict,
-                     update: IndexUpdate, progress: bool) -> tuple[list[str], np.ndarray]:
-        """Features and embeddings of ``todo`` (relative paths), in chunks; unreadable ones go to ``skipped``."""
-        done, chunks = [], []
-        bar = tqdm(total=len(todo), desc="index audio", unit="file", disable=not progress or not todo,
-                   file=sys.stderr)
-        for start in range(0, len(todo), CHUNK_FILES):
-            names, mels = [], []
-            for rel in todo[start:start + CHUNK_FILES]:
-                path = folder / rel
-                try:
-                    mels.append(clip_features(path, self.conf.features))
-                    names.append(rel)
-                except (DataError, OSError, ValueError) as err:
-                    warn(f"skipping unreadable audio file {path}: {err}")
-                    skipped[rel] = (*found[rel], str(err)[:500])  # not retried until its mtime or size changes
-                    update.skipped.append(rel)
-            chunks.append(self.embed_features(mels))
-            done += names
-            bar.update(len(todo[start:start + CHUNK_FILES]))  # after the embedding, which dominates
-        bar.close()
-        emb = np.concatenate(chunks) if chunks else np.empty((0, self.conf.model.audio_enc.out_dim), np.float32)
-        return done, emb
 
     # ---- search ----------------------------------------------------------------------------
 
@@ -214,7 +161,7 @@ class Retriever(Embedder):
         if use_faiss:
             scores, rows = index.faiss_index().search(np.ascontiguousarray(q), k)
         else:
-            all_scores = q @ index.embeddings.T  # (n_queries, n_files)
+            all_scores = index.scores(q)  # (n_queries, n_files)
             rows = top_k(all_scores, k)
             scores = np.take_along_axis(all_scores, rows, axis=1)
         return [list(zip(index.abs_paths(r), map(float, s), strict=True)) for r, s in zip(rows, scores, strict=True)]
