@@ -3,7 +3,7 @@
     python search.py --run runs/baseline --audio DIR [-k 10] [--faiss] [--device auto] "a dog barks while cars pass"
     python search.py --run runs/baseline --files LIST.txt --like query.wav --json
     python search.py --run runs/baseline --audio DIR --serve [--host 127.0.0.1] [--port 8000] [--split evaluation]
-    torchrun --nproc_per_node=N search.py --run runs/baseline --audio DIR [--index INDEX_DIR]   # index on N processes
+    torchrun --nproc_per_node=N search.py --run-dir runs/baseline --audio DIR [--index INDEX_DIR]  # N processes
 
 The first search of a folder embeds every audio file in it (recursively) and stores the index in
 RUN_DIR/search_index/ (or --index DIR) as shards committed as it goes: an interrupted run resumes where it
@@ -37,7 +37,9 @@ from utils.search.store import FLUSH_FILES
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("queries", nargs="*", metavar="QUERY", help="one or more captions to search for")
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory made by main.py")
+    parser.add_argument("--run", "--run-dir", dest="run", required=True, metavar="RUN_DIR",
+                        help="run directory made by main.py (under torchrun write --run-dir: torchrun takes --run "
+                             "for its own --run-path)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio", metavar="DIR", help="folder of audio files (searched recursively)")
     source.add_argument("--files", metavar="LIST.txt", help="text file naming the audio files, one per line")
