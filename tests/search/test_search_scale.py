@@ -180,3 +180,34 @@ def test_torchrun_two_ranks_write_one_index_equal_to_one_process(library, tmp_pa
     assert sorted(joined) == sorted(single) == rels
     for rel in rels:
         np.testing.assert_allclose(joined[rel], single[rel], atol=1e-6, err_msg=rel)
+
+
+def clustered(n: int, dim: int, seed: int, centers: int = 200, spread: float = 0.5) -> np.ndarray:
+    """Unit vectors around ``centers`` random directions: an embedding-like set with structure to find."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, dim)).astype(np.float32)
+    x = c[rng.integers(0, centers, n)] + spread * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_approximate_index_meets_its_recall_against_exact_search(tmp_path, monkeypatch, capsys):
+    faiss = pytest.importorskip("faiss")
+    import utils.search.index as index_code
+
+    n = 20_000
+    emb = clustered(n, 32, seed=0)
+    index = FolderIndex(tmp_path, "key", [f"f{i}.wav" for i in range(n)], np.zeros(n, np.int64),
+                        np.zeros(n, np.int64), emb)
+    monkeypatch.setattr(index_code, "ANN_MIN_FILES", 1000)
+    ann = index.faiss_index()
+    assert isinstance(ann, faiss.IndexIVFFlat) and 1 < ann.nprobe < ann.nlist
+    printed = capsys.readouterr().err
+    assert "recall@10" in printed and float(printed.split("recall@10 ")[1].split()[0]) >= 0.95
+    queries = clustered(300, 32, seed=7)  # fresh queries, not the ones nprobe was chosen on
+    exact = np.argsort(-(queries @ emb.T), axis=1, kind="stable")[:, :10]  # numpy, not the index's code
+    _, approx = ann.search(queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
+    assert recall >= 0.9
+    small = FolderIndex(tmp_path, "key", ["a.wav"] * 10, np.zeros(10, np.int64), np.zeros(10, np.int64), emb[:10])
+    monkeypatch.setattr(index_code, "ANN_MIN_FILES", 100)
+    assert isinstance(small.faiss_index(), faiss.IndexFlatIP)  # small indexes stay exact

@@ -164,4 +164,5 @@ class Retriever(Embedder):
             all_scores = index.scores(q)  # (n_queries, n_files)
             rows = top_k(all_scores, k)
             scores = np.take_along_axis(all_scores, rows, axis=1)
-        return [list(zip(index.abs_paths(r), map(float, s), strict=True)) for r, s in zip(rows, scores, strict=True)]
+        return [list(zip(index.abs_paths(r[r >= 0]), map(float, s[r >= 0]), strict=True))  # -1: fewer found (IVF)
+                for r, s in zip(rows, scores, strict=True)]
