@@ -195,7 +195,7 @@ def test_approximate_index_meets_its_recall_against_exact_search(tmp_path, monke
     import utils.search.index as index_code
 
     n = 20_000
-    emb = clustered(n, 32, seed=0)
+    emb, queries = np.split(clustered(n + 300, 32, seed=0), [n])  # queries: fresh points of the same distribution
     index = FolderIndex(tmp_path, "key", [f"f{i}.wav" for i in range(n)], np.zeros(n, np.int64),
                         np.zeros(n, np.int64), emb)
     monkeypatch.setattr(index_code, "ANN_MIN_FILES", 1000)
@@ -203,7 +203,6 @@ def test_approximate_index_meets_its_recall_against_exact_search(tmp_path, monke
     assert isinstance(ann, faiss.IndexIVFFlat) and 1 < ann.nprobe < ann.nlist
     printed = capsys.readouterr().err
     assert "recall@10" in printed and float(printed.split("recall@10 ")[1].split()[0]) >= 0.95
-    queries = clustered(300, 32, seed=7)  # fresh queries, not the ones nprobe was chosen on
     exact = np.argsort(-(queries @ emb.T), axis=1, kind="stable")[:, :10]  # numpy, not the index's code
     _, approx = ann.search(queries, 10)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
