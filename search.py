@@ -53,8 +53,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rebuild", action="store_true", help="ignore the cached index and re-embed every file")
     big = parser.add_argument_group("large libraries")
     big.add_argument("--index", metavar="INDEX_DIR", help="where the index lives (default: RUN_DIR/search_index/...)")
-    big.add_argument("--workers", type=int, default=0,
-                     help="decoding processes (default 0: all cores but one; 1: decode in the main process)")
+    big.add_argument("--workers", type=int, default=None,
+                     help="decoding processes (default: all cores but one; 0: decode in the main process)")
     big.add_argument("--shard-files", type=int, default=FLUSH_FILES,
                      help=f"files per committed shard: at most this many are lost to a kill (default: {FLUSH_FILES})")
     page = parser.add_argument_group("listening page")
@@ -86,6 +86,8 @@ def format_results(query: str, results: list[tuple[str, float]], folder: Path) -
 def check_args(args: argparse.Namespace) -> None:
     if args.k < 1:
         raise PipelineError(f"-k must be >= 1, got {args.k}")
+    if args.workers is not None and args.workers < 0:
+        raise PipelineError(f"--workers must be >= 0, got {args.workers}")
     if args.shard_files < 1:
         raise PipelineError(f"--shard-files must be >= 1, got {args.shard_files}")
     if args.serve:

@@ -69,7 +69,7 @@ def count_features(monkeypatch) -> list[str]:
         return original(item, features)
 
     monkeypatch.setattr(decode_code, "file_features", counting)
-    monkeypatch.setattr(indexer_code, "default_workers", lambda: 1)
+    monkeypatch.setattr(indexer_code, "default_workers", lambda: 0)
     return seen
 
 

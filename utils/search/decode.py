@@ -24,10 +24,14 @@ IN_FLIGHT_PER_WORKER = 4  # decoded clips waiting per worker: keeps every worker
 Decoded = tuple[str, np.ndarray | None, float, str]  # (relative path, (time, n_mels) log-mels, seconds, reason)
 
 
+def cpu_cores() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers() -> int:
-    """All the cores this process may use but one (for the main process, which embeds); at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    """All the cores but one (left to the main process, which embeds); 0 (decode in the main process) on one core."""
+    return cpu_cores() - 1
 
 
 def decode_one(task: tuple[str, str, FeatureConf]) -> Decoded:
@@ -41,10 +45,10 @@ def decode_one(task: tuple[str, str, FeatureConf]) -> Decoded:
 
 
 def decoded(folder: Path, rels: Iterable[str], features: FeatureConf, workers: int) -> Iterator[Decoded]:
-    """:func:`decode_one` of every file of ``rels`` (relative to ``folder``), in order; ``workers`` <= 1 decodes
-    in this process."""
+    """:func:`decode_one` of every file of ``rels`` (relative to ``folder``), in order, from ``workers`` processes
+    (0: decoded in this process)."""
     tasks = ((rel, str(folder / rel), features) for rel in rels)
-    if workers <= 1:
+    if workers <= 0:
         yield from map(decode_one, tasks)
         return
     pool = worker_pool(workers)

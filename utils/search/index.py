@@ -23,6 +23,7 @@ from utils.search.ann import ANN_MIN_FILES, build_ivf, import_faiss
 from utils.search.store import Catalogue, Store
 
 EXACT_QUERIES = 16  # queries scored together when many are searched exactly (16 x n float32 scores)
+SAVE_SHARD = 1 << 16  # files per shard when a whole index is written at once (FolderIndex.save)
 SCORE_CHUNK = 1 << 17  # rows per matrix product in exact search (64 MB of scores for 128 queries)
 
 
@@ -162,6 +163,25 @@ class FolderIndex:
             blocks.append((m, None if len(live) == n_rows else live))
         return cls(Path(meta["folder"]), meta["model_key"], LazyPaths(cat), cat.mtime, cat.size,
                    RowMatrix(blocks, meta["dim"]), cat.skipped, cat.duration)
+
+    def save(self, location: str | os.PathLike, flush_files: int = SAVE_SHARD) -> Store:
+        """Write this (in-memory) index as a new store at ``location``, replacing what is there: benchmarks and
+        imports of embeddings made elsewhere."""
+        store = Store(Path(location))
+        store.prepare(self.folder, self.model_key, self.embeddings.shape[1], rebuild=True)
+        writer = store.writer(flush_files=flush_files, flush_sec=float("inf"))
+        durations = np.full(len(self), np.nan) if self.durations is None else np.asarray(self.durations)
+        paths, mtimes, sizes = list(self.paths), np.asarray(self.mtimes).tolist(), np.asarray(self.sizes).tolist()
+        for a in range(0, len(self), flush_files):
+            b = min(a + flush_files, len(self))
+            writer.add(np.asarray(self.embeddings[a:b]), [
+                [paths[i], mtimes[i], sizes[i], None if np.isnan(durations[i]) else float(durations[i])]
+                for i in range(a, b)])
+        for p, (m, sz, reason) in self.skipped.items():
+            writer.skip(p, m, sz, reason)
+        writer.flush()
+        store.write_catalogue(*store.state())
+        return store
 
     def abs_paths(self, rows: Sequence[int]) -> list[str]:
         return [str(self.folder / self.paths[j]) for j in rows]

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from utils.base.devices import one_thread
 from utils.base.errors import warn
-from utils.search.decode import decoded, default_workers
+from utils.search.decode import cpu_cores, decoded, default_workers
 from utils.search.embedder import Embedder
 from utils.search.index import FolderIndex, IndexUpdate
 from utils.search.ranks import Ranks
@@ -30,7 +31,7 @@ EMBED_CLIPS = 32  # decoded clips embedded together (then a shard boundary may f
 class IndexSettings:
     """Speed and durability settings of indexing: none of them changes a vector."""
 
-    workers: int = 0  # decoding processes (1: decode in the main process; 0: all cores but one)
+    workers: int | None = None  # decoding processes (None: all cores but one; 0: decode in the main process)
     flush_files: int = FLUSH_FILES  # files per committed shard, at most
     flush_sec: float = FLUSH_SEC  # seconds between commits, at most
     ranks: Ranks = field(default_factory=Ranks)  # torchrun's processes (one alone)
@@ -68,7 +69,7 @@ def update_index(embedder: Embedder, store: Store, folder: Path, found: dict[str
     if ranks.main and update.removed:
         writer.drop(update.removed)
         writer.flush()  # the tombstones: a shard of their own
-    skipped = embed_files(embedder, writer, folder, mine, found, settings.workers or default_workers(), progress)
+    skipped = embed_files(embedder, writer, folder, mine, found, default_workers() if settings.workers is None else settings.workers, progress)
     writer.flush()
     update.skipped = sorted(p for part in ranks.gather(skipped) for p in part)
     bad = set(update.skipped)
@@ -85,7 +86,8 @@ def update_index(embedder: Embedder, store: Store, folder: Path, found: dict[str
 
 def embed_files(embedder: Embedder, writer, folder: Path, rels: list[str], found: dict[str, tuple[int, int]],
                 workers: int, progress: bool) -> list[str]:
-    """Decode, embed and append ``rels`` to ``writer``; the unreadable ones (skipped with a warning)."""
+    """Decode (in ``workers`` processes; 0: here), embed and append ``rels`` to ``writer``; the unreadable ones
+    (skipped with a warning)."""
     skipped: list[str] = []
     batch: list[tuple[str, object, float]] = []  # (rel, (time, n_mels) log-mels, seconds)
     bar = tqdm(total=len(rels), desc="index audio", unit="file", disable=not progress or not rels,
@@ -98,19 +100,23 @@ def embed_files(embedder: Embedder, writer, folder: Path, rels: list[str], found
         bar.update(len(batch))
         batch.clear()
 
-    for rel, mel, seconds, reason in decoded(folder, rels, embedder.conf.features, min(workers, len(rels))):
-        if mel is None:
-            warn(f"skipping unreadable audio file {folder / rel}: {reason}")
-            writer.skip(rel, *found[rel], reason)  # not retried until its mtime or size changes
-            skipped.append(rel)
-            bar.update(1)
-            bar.set_postfix(skipped=len(skipped))
-            continue
-        batch.append((rel, mel, seconds))
-        # A batch ends where a shard ends, so a kill loses at most one shard's files.
-        if len(batch) >= min(EMBED_CLIPS, writer.flush_files - writer.pending()):
+    # With a pool decoding on the other cores, the model on the CPU keeps to the core left: two threads
+    # fighting the workers ran a clip 2-4x slower than one (BENCHMARKS.md, "Search at library scale").
+    alone = embedder.device.type == "cpu" and workers >= 1 and cpu_cores() - workers <= 1
+    with one_thread(alone):
+        for rel, mel, seconds, reason in decoded(folder, rels, embedder.conf.features, min(workers, len(rels))):
+            if mel is None:
+                warn(f"skipping unreadable audio file {folder / rel}: {reason}")
+                writer.skip(rel, *found[rel], reason)  # not retried until its mtime or size changes
+                skipped.append(rel)
+                bar.update(1)
+                bar.set_postfix(skipped=len(skipped))
+                continue
+            batch.append((rel, mel, seconds))
+            # A batch ends where a shard ends, so a kill loses at most one shard's files.
+            if len(batch) >= min(EMBED_CLIPS, writer.flush_files - writer.pending()):
+                embed()
+        if batch:
             embed()
-    if batch:
-        embed()
     bar.close()
     return skipped
