@@ -135,6 +135,7 @@ class FolderIndex:
     embeddings: np.ndarray | RowMatrix  # (n, E) float32 unit vectors
     skipped: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # path -> (mtime_ns, size, reason)
     durations: np.ndarray | None = None  # (n,) float32 seconds, NaN where unknown
+    location: Path | None = None  # the store it was opened from
     _faiss: object = field(default=None, repr=False)
     _rows: dict[str, int] | None = field(default=None, repr=False)
 
@@ -162,7 +163,7 @@ class FolderIndex:
             live = np.asarray(cat.row[bounds[i]:bounds[i + 1]])
             blocks.append((m, None if len(live) == n_rows else live))
         return cls(Path(meta["folder"]), meta["model_key"], LazyPaths(cat), cat.mtime, cat.size,
-                   RowMatrix(blocks, meta["dim"]), cat.skipped, cat.duration)
+                   RowMatrix(blocks, meta["dim"]), cat.skipped, cat.duration, store.root)
 
     def save(self, location: str | os.PathLike, flush_files: int = SAVE_SHARD) -> Store:
         """Write this (in-memory) index as a new store at ``location``, replacing what is there: benchmarks and

@@ -113,19 +113,22 @@ class Retriever(Embedder):
 
     # ---- search ----------------------------------------------------------------------------
 
-    def search(self, query: str, k: int = 10, use_faiss: bool = False) -> list[tuple[str, float]]:
-        """The ``k`` best files of the indexed folder for one caption: ``[(absolute path, score)]``, best first."""
-        return self.search_many([query], k, use_faiss)[0]
+    def search(self, query: str, k: int = 10, use_faiss: bool = False,
+               allowed: np.ndarray | None = None) -> list[tuple[str, float]]:
+        """The ``k`` best files of the indexed folder for one caption: ``[(absolute path, score)]``, best first.
+        ``allowed``: a boolean mask ``(n_files,)`` of the rows that may be returned (a filter); None: all."""
+        return self.search_many([query], k, use_faiss, allowed)[0]
 
-    def search_many(self, queries: Sequence[str], k: int = 10,
-                    use_faiss: bool = False) -> list[list[tuple[str, float]]]:
+    def search_many(self, queries: Sequence[str], k: int = 10, use_faiss: bool = False,
+                    allowed: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
         """:meth:`search` for several captions (embedded in one batch)."""
         self._searchable(k)
         check_queries(list(queries))
         with one_thread(self.device.type == "cpu" and len(queries) <= FEW_QUERIES):
-            return self.search_embeddings(self.embed_text(list(queries)), k, use_faiss)
+            return self.search_embeddings(self.embed_text(list(queries)), k, use_faiss, allowed)
 
-    def search_audio(self, item: AudioItem, k: int = 10, use_faiss: bool = False) -> list[tuple[str, float]]:
+    def search_audio(self, item: AudioItem, k: int = 10, use_faiss: bool = False,
+                     allowed: np.ndarray | None = None) -> list[tuple[str, float]]:
         """The ``k`` files of the index that sound most like ``item`` (audio -> audio): ``[(absolute path,
         score)]``, best first; a clip of the index finds itself first (score 1).
 
@@ -137,7 +140,7 @@ class Retriever(Embedder):
             raise PipelineError("a bare waveform has no sample rate: pass (y, sr), a file path or log-mels")
         try:
             with one_thread(self.device.type == "cpu"):
-                return self.search_embeddings(self.embed_audio([item]), k, use_faiss)[0]
+                return self.search_embeddings(self.embed_audio([item]), k, use_faiss, allowed)[0]
         except ValueError as err:
             raise PipelineError(str(err)) from err
 
@@ -152,13 +155,20 @@ class Retriever(Embedder):
             raise PipelineError(f"{index.folder} has no readable audio files ({', '.join(AUDIO_EXTENSIONS)})")
         return index
 
-    def search_embeddings(self, q: np.ndarray, k: int = 10,
-                          use_faiss: bool = False) -> list[list[tuple[str, float]]]:
-        """The ``k`` best files for each query embedding ``q`` ``(n_queries, E)``: ``[[(path, score)]]``."""
+    def search_embeddings(self, q: np.ndarray, k: int = 10, use_faiss: bool = False,
+                          allowed: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+        """The ``k`` best files for each query embedding ``q`` ``(n_queries, E)``: ``[[(path, score)]]``.
+        With ``allowed`` (a filter), the search is exact, over the allowed rows only (fewer than ``k`` when fewer
+        are allowed)."""
         index = self._searchable(k)
         k = min(k, len(index))
         q = np.asarray(q, dtype=np.float32).reshape(-1, index.embeddings.shape[1])  # (n_queries, E)
-        if use_faiss:
+        if allowed is not None:
+            all_scores = index.scores(q)  # (n_queries, n_files)
+            all_scores[:, ~allowed] = -np.inf
+            rows = top_k(all_scores, min(k, int(allowed.sum())))
+            scores = np.take_along_axis(all_scores, rows, axis=1)
+        elif use_faiss:
             scores, rows = index.faiss_index().search(np.ascontiguousarray(q), k)
         else:
             all_scores = index.scores(q)  # (n_queries, n_files)
