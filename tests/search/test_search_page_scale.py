@@ -9,23 +9,15 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from page_setup import build_page
+import test_search_page
 from PIL import Image
 from test_search_page import get_json, request
 
 import utils.search.thumbs as thumbs_code
-from utils.search.page import BackgroundServer
 
+page = test_search_page.page  # the module's served tiny index (a fixture)
 DURATIONS = {"low.wav": 1.5, "high.wav": 1.5, "noise.flac": 1.5, "sub/chirp.wav": 2.0, "sub/mid.ogg": 1.5,
              "bass.wav": 3.0, "buzz.wav": 1.5, "sub/hum.wav": 2.5}  # as page_setup writes them
-
-
-@pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("page_scale")
-    state, files, _ = build_page(tmp)
-    with BackgroundServer(state) as url:
-        yield url, state, files
 
 
 def paths_of(body: dict) -> list[str]:
@@ -33,7 +25,7 @@ def paths_of(body: dict) -> list[str]:
 
 
 def test_folder_and_duration_filters_restrict_the_ranking(page):
-    url, state, files = page
+    url, state, files, _ = page
     for rel, seconds in DURATIONS.items():  # the durations the index stored are the files' own
         assert sf.info(str(files[rel])).duration == pytest.approx(seconds, abs=1e-3)
     _, everything = get_json(url, "/api/search?q=a+low+hum&k=20")
@@ -52,7 +44,7 @@ def test_folder_and_duration_filters_restrict_the_ranking(page):
 
 
 def test_files_and_folders_are_paged(page):
-    url, state, _ = page
+    url, state, _, _ = page
     _, folders = get_json(url, "/api/folders")
     assert {f["folder"]: f["files"] for f in folders["folders"]} == {"": 5, "sub": 3}
     seen = []
@@ -72,7 +64,7 @@ def brightness_rows(png: bytes) -> np.ndarray:
 
 
 def test_thumbnails_show_the_sound_and_are_cached(page):
-    url, state, _ = page
+    url, state, _, _ = page
     status, headers, bass = request(url, "GET", "/thumb/bass.wav")
     assert status == 200 and headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(bass)).size == (160, 40)
@@ -87,7 +79,7 @@ def test_thumbnails_show_the_sound_and_are_cached(page):
 
 
 def test_a_slow_thumbnail_never_blocks_a_search(page, monkeypatch):
-    url, state, _ = page
+    url, state, _, _ = page
     original = thumbs_code.thumbnail_png
     started = threading.Event()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_postprocessing import make_run_dir, tiny_conf
+import test_search
 from test_search import count_features, tone
 
 from utils.search.index import FolderIndex
@@ -21,6 +21,7 @@ from utils.search.retriever import Retriever
 from utils.search.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
+setup = test_search.setup  # test_search's run dir and five clips (a fixture)
 N_CLIPS = 24
 SHARD = 4  # files per shard in these tests
 
@@ -37,11 +38,9 @@ def write_library(folder: Path, n: int = N_CLIPS) -> list[str]:
 
 
 @pytest.fixture
-def library(tmp_path):
-    run_dir = tmp_path / "runs" / "r"
-    make_run_dir(run_dir, tiny_conf(tmp_path / "work", run_dir))
-    rels = write_library(tmp_path / "lib")
-    return run_dir, tmp_path / "lib", rels
+def library(setup, tmp_path):
+    """test_search's run, and a library of N_CLIPS clips: (run dir, folder, sorted relative paths)."""
+    return setup[0], tmp_path / "lib", write_library(tmp_path / "lib")
 
 
 def direct_embeddings(run_dir: Path, folder: Path, rels: list[str]) -> dict[str, np.ndarray]:

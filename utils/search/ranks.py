@@ -12,15 +12,16 @@ import torch.distributed as dist
 RANK_TIMEOUT = timedelta(days=7)  # a rank may wait this long at a barrier for the others to finish their files
 
 
-@dataclass
+@dataclass(frozen=True)
 class Ranks:
+    """Which process this is: ``rank`` of ``world`` (0 writes the catalogue and prints), ``local_rank`` on its
+    machine (its GPU)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+    main = property(lambda self: self.rank == 0)
 
     def barrier(self) -> None:
         if self.world > 1:
