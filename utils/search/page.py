@@ -10,6 +10,10 @@ One static page (``utils/search/page_static/``: HTML, CSS and JS, nothing fetche
     GET  /api/status                  files indexed, skipped and why, last refresh
     POST /api/refresh                 re-scan the folder (or file list) and embed what changed
     GET  /audio/REL                   stream an indexed file (HTTP range requests work)
+    GET  /thumb/REL, /api/folders, /api/files   thumbnails and paged browsing (utils/search/page_browse.py)
+
+/api/search, /api/like and /api/upload take filters: ``folder=SUB`` (a subfolder and its subfolders),
+``min_s=`` and ``max_s=`` (seconds).
 
 Only files of the index can be streamed, and only when their real path lies inside the indexed folder
 (``../``, absolute paths and symlinks pointing out are refused). Bad requests get a 4xx JSON ``{"error": ...}``;

@@ -8,14 +8,15 @@
     r.search("a dog barks while cars pass", k=10) # -> [(path, score), ...], best first
     r.search_audio("query.wav", k=10)             # the files that sound most like a clip
 
-The folder index is cached at ``<run>/search_index/<sha1 of the absolute folder>_<checkpoint>.npz`` (see
-:class:`utils.search.index.FolderIndex` for its arrays). Later calls re-embed only files that were added or
+The folder index is stored at ``<run>/search_index/<sha1 of the absolute folder>_<checkpoint>/`` (or
+``indexing.location``) as shards committed as they are made (:mod:`utils.search.store`; built by
+:mod:`utils.search.indexer`, decoding in worker processes). Later calls re-embed only files that were added or
 changed (mtime or size) and drop removed ones; a new checkpoint or feature setting rebuilds it. Unreadable files
 are skipped with a warning on stderr and remembered, so they are not retried until they change.
 
 Search is exact by default (``scores = E_audio @ q``, then :func:`utils.evaluation.metrics.top_k`: ties keep the lower
-index first, as :mod:`utils.evaluation.metrics` ranks them). ``use_faiss=True`` uses a ``faiss.IndexFlatIP`` (optional
-dependency, imported only then).
+index first, as :mod:`utils.evaluation.metrics` ranks them). ``use_faiss=True`` uses FAISS (optional
+dependency, imported only then): exact below :data:`utils.search.ann.ANN_MIN_FILES` files, an IVF index above.
 
 """
 
