@@ -50,10 +50,11 @@ ROOT = Path(__file__).resolve().parent.parent
 OLD_COMMIT = "7e700d1"  # the last commit with the single-.npz index and serial decoding
 
 
-def clustered(n: int, dim: int, seed: int, centers: int = 4096, spread: float = 0.5) -> np.ndarray:
-    """``(n, dim)`` float32 unit vectors around random centres: embedding-like structure for IVF to find."""
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centers, dim), dtype=np.float32)
+def clustered(n: int, dim: int, seed: int, stream: int = 0, centers: int = 4096, spread: float = 1.0) -> np.ndarray:
+    """``(n, dim)`` float32 unit vectors around random centres (the same for every ``stream`` of one ``seed``):
+    embedding-like structure for IVF to find; the noise is as large as the centres (recall is not trivial)."""
+    c = np.random.default_rng(seed).standard_normal((centers, dim), dtype=np.float32)
+    rng = np.random.default_rng([seed, stream])
     out = np.empty((n, dim), np.float32)
     for a in range(0, n, 1 << 16):
         b = min(a + (1 << 16), n)
@@ -87,7 +88,7 @@ def search_child(store_dir: str, n_queries: int) -> None:
     index = FolderIndex.open(Store(Path(store_dir)))
     out = {"open_s": round(time.perf_counter() - start, 3), "files": len(index), "rss_before_open_mib": before,
            "rss_after_open_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
-    queries = clustered(n_queries + len(index), index.embeddings.shape[1], seed=0)[len(index):]  # fresh points
+    queries = clustered(n_queries, index.embeddings.shape[1], seed=0, stream=1)  # fresh points, same centres
     exact, times = [], []
     with one_thread():
         for q in queries:
