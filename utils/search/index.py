@@ -153,7 +153,11 @@ class FolderIndex:
         names = store.manifests()
         if cat is None or set(cat.covered) != set(names):
             files, names = store.state()
-            store.write_catalogue(files, names)
+            try:
+                store.write_catalogue(files, names)
+            except OSError as err:
+                raise PipelineError(f"cannot update the catalogue of the search index {store.root} ({err}); make "
+                                    "it writable, or index again from an account that can write it") from err
             cat = store.catalogue()
         blocks = []
         seg = np.asarray(cat.seg)
