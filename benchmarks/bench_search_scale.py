@@ -206,35 +206,47 @@ def committed(index_dir: Path) -> int:
                if not p.name.startswith("."))
 
 
-def bench_index(n: int, width: float, tmp: Path, resume: bool, shard: int) -> dict:
+def bench_index(n: int, width: float, tmp: Path, resume: bool, shard: int, compare: bool = True) -> dict:
     folder = tmp / f"lib{n}"
     if not folder.exists():
         t = time.perf_counter()
         audio_s = make_library(folder, n)
         print(f"made {n} files ({audio_s / 3600:.1f} h of audio) in {time.perf_counter() - t:.0f} s", flush=True)
     out = {"files": n, "width": width}
+    if compare:
+        out |= compare_index(n, width, tmp, folder)
+    if resume:
+        out["resume"] = bench_resume(n, width, tmp, folder, shard)
+    return out
+
+
+def compare_index(n: int, width: float, tmp: Path, folder: Path) -> dict:
+    """The old code and the new one on the same folder, one after the other."""
     old = run_search(old_tree(tmp) if not (tmp / "old_code").exists() else tmp / "old_code",
                      make_run(tmp / f"old_w{width}" / "run", width), folder, [])
     print("old", json.dumps(old), flush=True)
     new = run_search(ROOT, make_run(tmp / f"new_w{width}" / "run", width), folder,
                      ["--index", str(tmp / f"new_w{width}" / "index")])
     print("new", json.dumps(new), flush=True)
-    out |= {"old": old, "new": new, "speedup": round(old["wall_s"] / new["wall_s"], 2),
+    return {"old": old, "new": new, "speedup": round(old["wall_s"] / new["wall_s"], 2),
             "old_files_per_s": round(n / old["wall_s"], 1), "new_files_per_s": round(n / new["wall_s"], 1)}
-    if resume:
-        index_dir = tmp / f"resume_w{width}" / "index"
-        run_dir = make_run(tmp / f"resume_w{width}" / "run", width)
-        extra = ["--index", str(index_dir), "--shard-files", str(shard)]
-        first = run_search(ROOT, run_dir, folder, extra, kill_when=lambda: committed(index_dir) >= n // 2)
-        at_kill = committed(index_dir)
-        bar = [int(part.split("/")[0].split()[-1]) for part in first["stderr_tail"].split("\n")
-               if "index audio:" in part and "/" in part]
-        again = run_search(ROOT, run_dir, folder, extra)
-        reused = int(again["stderr_tail"].split(" reused")[0].split()[-1])
-        out["resume"] = {"committed_at_kill": at_kill, "bar_at_kill": bar[-1] if bar else None, "reused": reused,
-                         "re_embedded": (bar[-1] - reused) if bar else None, "shard_files": shard,
-                         "killed_run": first, "rerun": again}
-        print("resume", json.dumps(out["resume"]), flush=True)
+
+
+def bench_resume(n: int, width: float, tmp: Path, folder: Path, shard: int) -> dict:
+    """The new code killed with SIGKILL once half the files are committed, then run again."""
+    index_dir = tmp / f"resume_w{width}" / "index"
+    run_dir = make_run(tmp / f"resume_w{width}" / "run", width)
+    extra = ["--index", str(index_dir), "--shard-files", str(shard)]
+    first = run_search(ROOT, run_dir, folder, extra, kill_when=lambda: committed(index_dir) >= n // 2)
+    at_kill = committed(index_dir)
+    bar = [int(part.split("/")[0].split()[-1]) for part in first["stderr_tail"].split("\n")
+           if "index audio:" in part and "/" in part]
+    again = run_search(ROOT, run_dir, folder, extra)
+    reused = int(again["stderr_tail"].split(" reused")[0].split()[-1])
+    out = {"committed_at_kill": at_kill, "bar_at_kill": bar[-1] if bar else None, "reused": reused,
+           "re_embedded": (bar[-1] - reused) if bar else None, "shard_files": shard,
+           "killed_run": first, "rerun": again}
+    print("resume", json.dumps(out), flush=True)
     return out
 
 
@@ -259,7 +271,8 @@ def main() -> None:
         if "search" in args.parts:
             report["search"] = bench_search(args.sizes, args.dim, args.queries, tmp)
         if "index" in args.parts or "resume" in args.parts:
-            report["index"] = [bench_index(args.files, 0.125, tmp, "resume" in args.parts, args.shard_files)]
+            report["index"] = [bench_index(args.files, 0.125, tmp, "resume" in args.parts, args.shard_files,
+                                           compare="index" in args.parts)]
             if args.width1_files:
                 report["index"].append(bench_index(args.width1_files, 1.0, tmp, False, args.shard_files))
     report["load_after"] = os.getloadavg()
