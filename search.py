@@ -3,9 +3,11 @@
     python search.py --run runs/baseline --audio DIR [-k 10] [--faiss] [--device auto] "a dog barks while cars pass"
     python search.py --run runs/baseline --files LIST.txt --like query.wav --json
     python search.py --run runs/baseline --audio DIR --serve [--host 127.0.0.1] [--port 8000] [--split evaluation]
+    torchrun --nproc_per_node=N search.py --run-dir runs/baseline --audio DIR [--index INDEX_DIR]  # N processes
 
-The first search of a folder embeds every audio file in it (recursively) and caches the index in
-RUN_DIR/search_index/; later searches re-embed only files that were added or changed.
+The first search of a folder embeds every audio file in it (recursively) and stores the index in
+RUN_DIR/search_index/ (or --index DIR) as shards committed as it goes: an interrupted run resumes where it
+stopped, and later searches re-embed only files that were added or changed.
 """
 
 from __future__ import annotations
@@ -17,22 +19,28 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from utils.base.errors import DataError, PipelineError
 from utils.cli import call
 from utils.search.embedder import check_queries
 from utils.search.ensemble import open_retriever
 from utils.search.index import IndexUpdate
+from utils.search.indexer import IndexSettings
 from utils.search.modes import read_file_list, results_json
 from utils.search.page import serve as serve_page
 from utils.search.page_state import open_page
+from utils.search.ranks import Ranks, join_ranks
 from utils.search.retriever import Retriever
+from utils.search.store import FLUSH_FILES
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("queries", nargs="*", metavar="QUERY", help="one or more captions to search for")
-    parser.add_argument("--run", required=True, metavar="RUN_DIR",
-                        help="run directory made by main.py, or an ensemble (01_xmodal_scores.py --ensemble)")
+    parser.add_argument("--run", "--run-dir", dest="run", required=True, metavar="RUN_DIR",
+                        help="run directory made by main.py, or an ensemble (01_xmodal_scores.py --ensemble); "
+                             "under torchrun write --run-dir: torchrun takes --run for its own --run-path")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio", metavar="DIR", help="folder of audio files (searched recursively)")
     source.add_argument("--files", metavar="LIST.txt", help="text file naming the audio files, one per line")
@@ -41,9 +49,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-k", type=int, default=10, help="files per query (default: 10)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON (query, rank, score, path)")
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best", help="default: best")
-    parser.add_argument("--faiss", action="store_true", help="search with a FAISS IndexFlatIP (pip install faiss-cpu)")
+    parser.add_argument("--faiss", action="store_true", help="search with FAISS (pip install faiss-cpu): exact below 100,000 "
+                        "files, an approximate IVF index above, its recall@10 printed")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--rebuild", action="store_true", help="ignore the cached index and re-embed every file")
+    big = parser.add_argument_group("large libraries")
+    big.add_argument("--index", metavar="INDEX_DIR", help="where the index lives (default: RUN_DIR/search_index/...)")
+    big.add_argument("--workers", type=int, default=None,
+                     help="decoding processes (default: all cores but one; 0: decode in the main process)")
+    big.add_argument("--shard-files", type=int, default=FLUSH_FILES,
+                     help=f"files per committed shard: at most this many are lost to a kill (default: {FLUSH_FILES})")
     page = parser.add_argument_group("listening page")
     page.add_argument("--serve", action="store_true", help="serve the search page instead of printing results")
     page.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -73,6 +88,10 @@ def format_results(query: str, results: list[tuple[str, float]], folder: Path) -
 def check_args(args: argparse.Namespace) -> None:
     if args.k < 1:
         raise PipelineError(f"-k must be >= 1, got {args.k}")
+    if args.workers is not None and args.workers < 0:
+        raise PipelineError(f"--workers must be >= 0, got {args.workers}")
+    if args.shard_files < 1:
+        raise PipelineError(f"--shard-files must be >= 1, got {args.shard_files}")
     if args.serve:
         if args.queries or args.like or args.json:
             raise PipelineError("--serve takes no queries, --like or --json: search from the page")
@@ -87,22 +106,38 @@ def check_args(args: argparse.Namespace) -> None:
 
 def search(args: argparse.Namespace) -> None:
     check_args(args)
-    retriever = open_retriever(args.run, args.checkpoint, args.device)  # an ensemble run too
+    ranks = join_ranks()
+    try:
+        search_on(args, ranks)
+    finally:
+        ranks.close()
+
+
+def search_on(args: argparse.Namespace, ranks: Ranks) -> None:
+    device = args.device
+    if ranks.world > 1 and device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{ranks.local_rank}"  # one GPU per process under torchrun
+    retriever = open_retriever(args.run, args.checkpoint, device)  # an ensemble run too
+    retriever.indexing = IndexSettings(args.workers, args.shard_files, ranks=ranks,
+                                       location=Path(args.index) if args.index else None)
     files = read_file_list(args.files) if args.files else None
 
     def refresh() -> IndexUpdate:
         if files is not None:
-            return retriever.index_files(files, progress=True, rebuild=args.rebuild)
-        return retriever.index_folder(args.audio, progress=True, rebuild=args.rebuild)
+            return retriever.index_files(files, progress=ranks.main, rebuild=args.rebuild)
+        return retriever.index_folder(args.audio, progress=ranks.main, rebuild=args.rebuild)
 
     if args.serve:
+        if ranks.world > 1:
+            raise PipelineError("--serve runs in one process: index with torchrun first, then serve with "
+                                "python search.py ... --serve (it reuses the index)")
         serve(args, retriever, refresh)
         return
-    start = time.perf_counter()
     update = refresh()
+    if not ranks.main:
+        return  # the other ranks only index; rank 0 searches, prints and serves
     folder = retriever.index.folder
-    print(f"index of {args.files or folder}: {len(retriever.index)} files ({update.summary()}) "
-          f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    print(update.closing_line(len(retriever.index)), file=sys.stderr)
     out = []
     if args.queries:
         start = time.perf_counter()

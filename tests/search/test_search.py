@@ -14,7 +14,8 @@ import soundfile as sf
 import torch
 from builders import load_search, make_run_dir, tiny_conf, tone, write_folder
 
-import utils.search.retriever as search_code
+import utils.search.decode as decode_code
+import utils.search.indexer as indexer_code
 from utils.base.errors import PipelineError
 from utils.search.retriever import Retriever
 
@@ -31,14 +32,15 @@ def setup(tmp_path):
 
 
 def count_features(monkeypatch) -> list[str]:
-    """Record every file whose features are computed."""
-    seen, original = [], search_code.clip_features
+    """Record every file whose features are computed while indexing (decoded in this process to be seen)."""
+    seen, original = [], decode_code.file_features
 
     def counting(item, features):
-        seen.append(Path(item).name if isinstance(item, (str, os.PathLike)) else "<array>")
+        seen.append(Path(item).name)
         return original(item, features)
 
-    monkeypatch.setattr(search_code, "clip_features", counting)
+    monkeypatch.setattr(decode_code, "file_features", counting)
+    monkeypatch.setattr(indexer_code, "default_workers", lambda: 0)
     return seen
 
 
@@ -150,7 +152,7 @@ def test_refresh_recomputes_only_added_changed_and_removed_files(setup, monkeypa
     seen = count_features(monkeypatch)
     Retriever.from_run(run_dir, device="cpu").index_folder(folder, progress=False)
     assert sorted(seen) == sorted(Path(p).name for p in files)
-    cache = list((run_dir / "search_index").glob("*.npz"))
+    cache = list((run_dir / "search_index").glob("*/meta.json"))
     assert len(cache) == 1
 
     r = Retriever.from_run(run_dir, device="cpu")  # a fresh process: the cache is reused as is
@@ -167,7 +169,7 @@ def test_refresh_recomputes_only_added_changed_and_removed_files(setup, monkeypa
     assert sorted(seen) == ["low.wav", "new.wav"]
     assert update.added == ["sub/new.wav"] and update.changed == ["low.wav"] and update.removed == ["high.wav"]
     assert update.reused == 3
-    assert r.index.paths == sorted(["low.wav", "noise.flac", "sub/chirp.wav", "sub/mid.ogg", "sub/new.wav"])
+    assert sorted(r.index.paths) == ["low.wav", "noise.flac", "sub/chirp.wav", "sub/mid.ogg", "sub/new.wav"]
     new = dict(zip(r.index.paths, r.index.embeddings, strict=True))
     assert not np.allclose(new["low.wav"], old["low.wav"])  # re-embedded
     for p in ["noise.flac", "sub/chirp.wav", "sub/mid.ogg"]:
@@ -304,10 +306,10 @@ def test_search_cli_prints_a_table_and_reuses_the_index(minilm_run, capsys):
         assert [int(r[0]) for r in rows] == [1, 2, 3] and {r[2] for r in rows} <= names
         scores = [float(r[1]) for r in rows]
         assert scores == sorted(scores, reverse=True)
-    assert "5 added" in err
+    assert "indexed 5 files" in err and "0 reused, 5 added" in err and "index at " in err
     assert search.main(argv) == 0  # the cached index is reused
     out_again, err = capsys.readouterr()
-    assert out_again == out and "5 cached" in err and "added" not in err
+    assert out_again == out and "5 reused, 0 added" in err
 
 
 def test_search_script_exits_2_with_one_error_line(tmp_path):

@@ -143,3 +143,30 @@ def test_index_view_lists_skipped_files(browser, served):
     assert "cannot read audio" in text and "link.wav" in text and "outside the indexed folder" in text
     assert "files indexed\n8" in browser.find_element(By.ID, "index-status").text
     browser.save_screenshot(str(shots_dir(tmp) / "index.png"))
+
+
+def test_filters_and_thumbnails(browser, served):
+    url, state, tmp = served
+    browser.get(f"{url}?q=a+low+hum&k=10&folder=sub")  # a shared link carries its filters
+    paths = wait_for_results(browser, "results", 0)
+    assert sorted(paths) == ["sub/chirp.wav", "sub/hum.wav", "sub/mid.ogg"]
+    assert browser.find_element(By.ID, "folder").get_attribute("value") == "sub"
+    assert "(in sub/)" in browser.find_element(By.ID, "search-info").text
+    options = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#folder-list option")]
+    assert options == ["sub"]
+
+    seq = current_seq(browser, "results")
+    browser.find_element(By.ID, "min-s").send_keys("2")
+    browser.find_element(By.ID, "query").submit()
+    paths = wait_for_results(browser, "results", seq)
+    assert sorted(paths) == ["sub/chirp.wav", "sub/hum.wav"] and "min_s=2" in browser.current_url
+
+    def thumbs_loaded(d):
+        return d.execute_script("const imgs = [...document.querySelectorAll('#results img.thumb')];"
+                                "return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth === 160)"
+                                " ? imgs.length : 0;")
+    assert WebDriverWait(browser, 30).until(thumbs_loaded) == 2
+    srcs = [i.get_attribute("src") for i in browser.find_elements(By.CSS_SELECTOR, "#results img.thumb")]
+    assert [s.split("/thumb/")[1].replace("%2F", "/") for s in srcs] == paths
+    assert len(list(state.thumbs.folder.rglob("*.png"))) >= 2  # made by the server, cached on disk
+    browser.save_screenshot(str(shots_dir(tmp) / "filters_thumbnails.png"))

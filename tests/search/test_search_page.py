@@ -309,7 +309,7 @@ def test_index_files_indexes_only_the_listed_files(setup, capsys):
     for rel in r.index.paths:
         np.testing.assert_allclose(r.index.embeddings[r.index.paths.index(rel)],
                                    full.index.embeddings[full.index.paths.index(rel)], atol=1e-6)
-    assert len(list((run_dir / "search_index").glob("*.npz"))) == 2
+    assert len(list((run_dir / "search_index").glob("*/meta.json"))) == 2
     again = r.index_files(listed[:2] + [files["high.wav"]], progress=False)  # grows: only the new file embedded
     assert again.added == ["high.wav"] and again.reused == 2
     with pytest.raises(PipelineError, match="none of the 1 listed"):

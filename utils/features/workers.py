@@ -102,9 +102,12 @@ def _init_worker(banks: dict[MelKey, np.ndarray]) -> None:
     use_mel_filters(banks)
 
 
-def _pool(workers: int, banks: dict[MelKey, np.ndarray]):
+def worker_pool(workers: int, banks: dict[MelKey, np.ndarray] | None = None):
     """Worker processes with one thread each: the pool, not BLAS or torch, provides the parallelism."""
-    return multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=(banks,))
+    return multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=(banks or {},))
+
+
+_pool = worker_pool
 
 
 def _run_per_clip(tasks: list[tuple], workers: int,
@@ -171,7 +174,7 @@ def _run_batched(tasks: list[tuple], workers: int, device: str,
     # The pool is made before any CUDA call, so forked workers never inherit a CUDA context.
     pool = _pool(workers, banks) if workers > 1 else None
     try:
-        loaded = _bounded_imap(pool, _load_one, tasks, 4 * workers) if pool else map(_load_one, tasks)
+        loaded = bounded_imap(pool, _load_one, tasks, 4 * workers) if pool else map(_load_one, tasks)
         for task, y, sr, reason in loaded:
             if reason is not None:
                 yield task[0], 0, reason
@@ -187,7 +190,7 @@ def _run_batched(tasks: list[tuple], workers: int, device: str,
             pool.terminate()
 
 
-def _bounded_imap(pool, fn, tasks: list, window: int) -> Iterator:
+def bounded_imap(pool, fn, tasks: list, window: int) -> Iterator:
     """``pool.imap`` with at most ``window`` tasks in flight, so decoded audio cannot pile up in memory."""
     queue: deque = deque()
     todo = iter(tasks)

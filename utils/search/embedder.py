@@ -26,6 +26,16 @@ from utils.text.sbert import encode, load_sbert
 AudioItem = str | os.PathLike | tuple | np.ndarray | torch.Tensor  # path, (y, sr), or (time, mels) log-mels
 
 
+def file_features(path: str | os.PathLike, features: FeatureConf) -> tuple[np.ndarray, float]:
+    """Stage 2's log-mels ``(time, n_mels)`` float32 of an audio file, and its duration in seconds; an unreadable
+    file raises :class:`DataError` (:class:`utils.data.audio.AudioReadError`)."""
+    y, sr = load_audio(path)
+    mel, problem = checked_logmel(y, sr, features.n_mels, features.win_sec, features.hop_sec)  # (time, n_mels)
+    if problem:
+        raise DataError(problem)
+    return mel, len(y) / sr
+
+
 def clip_features(item: AudioItem, features: FeatureConf) -> np.ndarray:
     """Stage 2's features of one clip: log-mels ``(time, n_mels)`` float32 (waveforms ``(samples, 1)`` with
     ``features.kind: waveform``).
@@ -35,8 +45,8 @@ def clip_features(item: AudioItem, features: FeatureConf) -> np.ndarray:
             tuple (mono or ``(samples, channels)`` waveform), or log-mels ``(time, n_mels)`` used as they are.
     """
     if isinstance(item, (str, os.PathLike)):
-        y, sr = load_audio(item)
-    elif isinstance(item, tuple) and len(item) == 2:
+        return file_features(item, features)[0]
+    if isinstance(item, tuple) and len(item) == 2:
         y, sr = np.asarray(item[0], dtype=np.float32), int(item[1])
         if y.ndim == 2:
             y = y.mean(axis=1)  # (samples, channels) -> mono, as load_audio does

@@ -1,23 +1,30 @@
-"""The search index of one audio folder: which files it holds, and their embeddings, cached as an ``.npz``.
+"""The search index of one audio folder: which files it holds, and their embeddings.
 
-:class:`FolderIndex` is the cached file; :class:`IndexUpdate` reports what a refresh changed;
+:class:`FolderIndex` is an index in memory or opened from its store (:mod:`utils.search.store`, memory-mapped);
+:class:`IndexUpdate` reports what a refresh changed;
 :func:`scan_audio_files` lists a folder, :func:`list_files` a list of files. Building the embeddings is :class:`utils.search.retriever.Retriever`'s job.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from utils.base.errors import PipelineError, warn
-from utils.base.fileio import atomic_write
 from utils.data.audio import AUDIO_EXTENSIONS
+from utils.evaluation.metrics import top_k
+from utils.search.ann import ANN_MIN_FILES, build_ivf, import_faiss
+from utils.search.store import Catalogue, Store
 
-INDEX_VERSION = 1  # bump when the cached index format or the feature code changes
+EXACT_QUERIES = 16  # queries scored together when many are searched exactly (16 x n float32 scores)
+SAVE_SHARD = 1 << 16  # files per shard when a whole index is written at once (FolderIndex.save)
+SCORE_CHUNK = 1 << 17  # rows per matrix product in exact search (64 MB of scores for 128 queries)
 
 
 def scan_audio_files(folder: Path) -> dict[str, tuple[int, int]]:
@@ -67,70 +74,182 @@ def list_files(files: Sequence[str | os.PathLike]) -> tuple[Path, dict[str, tupl
     return root, dict(sorted(found.items())), [str(p) for p in missing]
 
 
+class RowMatrix:
+    """The embeddings of a stored index, ``(n, E)`` float32, without copying them: catalogue rows in order,
+    each segment's rows memory-mapped. Supports ``shape``, ``len``, ``m[rows]`` and :meth:`chunks`."""
+
+    def __init__(self, blocks: list[tuple[np.ndarray, np.ndarray | None]], dim: int):
+        self.blocks = blocks  # [(segment memmap (rows, E), live local rows in order, or None for all)]
+        sizes = [len(m) if live is None else len(live) for m, live in blocks]
+        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self.shape = (int(self.starts[-1]), dim)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.arange(self.shape[0])[rows] if isinstance(rows, slice) else np.asarray(rows)
+        flat = np.atleast_1d(rows).astype(np.int64)
+        out = np.empty((len(flat), self.shape[1]), np.float32)
+        block = np.searchsorted(self.starts, flat, side="right") - 1
+        for b in np.unique(block):
+            m, live = self.blocks[b]
+            local = flat[block == b] - self.starts[b]
+            out[block == b] = m[local if live is None else live[local]]
+        return out[0] if rows.ndim == 0 else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.concatenate([np.asarray(m if live is None else m[live]) for m, live in self.blocks]) \
+            if self.blocks else np.empty((0, self.shape[1]), np.float32)
+        return out if dtype is None else out.astype(dtype)
+
+    def chunks(self, rows: int = SCORE_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, (<= rows, E) block)`` in order: memory-mapped slices, copied only for gaps."""
+        for (m, live), start in zip(self.blocks, self.starts, strict=False):
+            n = len(m) if live is None else len(live)
+            for a in range(0, n, rows):
+                b = min(a + rows, n)
+                yield int(start) + a, (m[a:b] if live is None else m[live[a:b]])
+
+
+def chunks_of(matrix) -> Iterator[tuple[int, np.ndarray]]:
+    """:meth:`RowMatrix.chunks` of a matrix or an in-memory array."""
+    if isinstance(matrix, RowMatrix):
+        yield from matrix.chunks()
+        return
+    for a in range(0, len(matrix), SCORE_CHUNK):
+        yield a, matrix[a:a + SCORE_CHUNK]
+
+
 @dataclass
 class FolderIndex:
-    """Audio embeddings of one folder, aligned by row. Saved as an ``.npz`` with these arrays:
-
-    ``folder`` (absolute path), ``model_key`` (checkpoint file + feature settings it was made with),
-    ``paths`` (relative posix paths, sorted), ``mtimes`` (int64 ns), ``sizes`` (int64 bytes),
-    ``embeddings`` (float32 ``(n_files, E)`` unit vectors), and ``skipped_paths`` / ``skipped_mtimes`` /
-    ``skipped_sizes`` / ``skipped_reasons`` for unreadable files.
-    """
+    """Audio embeddings of one folder, aligned by row: in memory, or opened from a :class:`utils.search.store.Store`
+    with :meth:`open` (embeddings memory-mapped, paths decoded on demand)."""
 
     folder: Path
     model_key: str
-    paths: list[str]
+    paths: Sequence[str]  # relative posix paths
     mtimes: np.ndarray  # (n,) int64
     sizes: np.ndarray  # (n,) int64
-    embeddings: np.ndarray  # (n, E) float32
+    embeddings: np.ndarray | RowMatrix  # (n, E) float32 unit vectors
     skipped: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # path -> (mtime_ns, size, reason)
+    durations: np.ndarray | None = None  # (n,) float32 seconds, NaN where unknown
+    location: Path | None = None  # the store it was opened from
     _faiss: object = field(default=None, repr=False)
+    _rows: dict[str, int] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @classmethod
+    def open(cls, store: Store) -> FolderIndex:
+        """The index a store holds, its catalogue memory-mapped (replaying manifests it does not cover, then
+        saving the new catalogue, after an interrupted run)."""
+        meta = store.meta()
+        if meta is None:
+            raise PipelineError(f"no search index in {store.root}: index a folder first")
+        cat = store.catalogue()
+        names = store.manifests()
+        if cat is None or set(cat.covered) != set(names):
+            files, names = store.state()
+            try:
+                store.write_catalogue(files, names)
+            except OSError as err:
+                raise PipelineError(f"cannot update the catalogue of the search index {store.root} ({err}); make "
+                                    "it writable, or index again from an account that can write it") from err
+            cat = store.catalogue()
+        blocks = []
+        seg = np.asarray(cat.seg)
+        bounds = np.searchsorted(seg, np.arange(len(cat.segments) + 1))
+        for i, (name, n_rows) in enumerate(cat.segments):
+            m = np.memmap(store.shards / f"{name}.f32", np.float32, "r", shape=(n_rows, meta["dim"]))
+            live = np.asarray(cat.row[bounds[i]:bounds[i + 1]])
+            blocks.append((m, None if len(live) == n_rows else live))
+        return cls(Path(meta["folder"]), meta["model_key"], LazyPaths(cat), cat.mtime, cat.size,
+                   RowMatrix(blocks, meta["dim"]), cat.skipped, cat.duration, store.root)
+
+    def save(self, location: str | os.PathLike, flush_files: int = SAVE_SHARD) -> Store:
+        """Write this (in-memory) index as a new store at ``location``, replacing what is there: benchmarks and
+        imports of embeddings made elsewhere."""
+        store = Store(Path(location))
+        store.prepare(self.folder, self.model_key, self.embeddings.shape[1], rebuild=True)
+        writer = store.writer(flush_files=flush_files, flush_sec=float("inf"))
+        durations = np.full(len(self), np.nan) if self.durations is None else np.asarray(self.durations)
+        paths, mtimes, sizes = list(self.paths), np.asarray(self.mtimes).tolist(), np.asarray(self.sizes).tolist()
+        for a in range(0, len(self), flush_files):
+            b = min(a + flush_files, len(self))
+            writer.add(np.asarray(self.embeddings[a:b]), [
+                [paths[i], mtimes[i], sizes[i], None if np.isnan(durations[i]) else float(durations[i])]
+                for i in range(a, b)])
+        for p, (m, sz, reason) in self.skipped.items():
+            writer.skip(p, m, sz, reason)
+        writer.flush()
+        store.write_catalogue(*store.state())
+        return store
+
     def abs_paths(self, rows: Sequence[int]) -> list[str]:
         return [str(self.folder / self.paths[j]) for j in rows]
 
-    def save(self, path: Path) -> None:
-        """Write atomically (temp file + ``os.replace``)."""
-        skipped = sorted(self.skipped.items())
-        with atomic_write(path) as tmp, open(tmp, "wb") as stream:
-            np.savez(
-                stream, version=np.int64(INDEX_VERSION), folder=np.str_(str(self.folder)),
-                model_key=np.str_(self.model_key), paths=np.array(self.paths, dtype=str),
-                mtimes=np.asarray(self.mtimes, np.int64), sizes=np.asarray(self.sizes, np.int64),
-                embeddings=np.asarray(self.embeddings, np.float32),
-                skipped_paths=np.array([p for p, _ in skipped], dtype=str),
-                skipped_mtimes=np.array([v[0] for _, v in skipped], np.int64),
-                skipped_sizes=np.array([v[1] for _, v in skipped], np.int64),
-                skipped_reasons=np.array([v[2] for _, v in skipped], dtype=str),
-            )
+    def row_of(self, rel: str) -> int | None:
+        """The row of a relative path (a dict built on first use), None when it is not indexed."""
+        if self._rows is None:
+            self._rows = {p: i for i, p in enumerate(self.paths)}
+        return self._rows.get(rel)
 
-    @classmethod
-    def load(cls, path: Path) -> FolderIndex | None:
-        """The cached index, or None when it is missing, unreadable or of another format version."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if int(z["version"]) != INDEX_VERSION:
-                    return None
-                skipped = {str(p): (int(m), int(s), str(r)) for p, m, s, r in zip(
-                    z["skipped_paths"], z["skipped_mtimes"], z["skipped_sizes"], z["skipped_reasons"], strict=True)}
-                return cls(Path(str(z["folder"])), str(z["model_key"]), [str(p) for p in z["paths"]],
-                           z["mtimes"], z["sizes"], z["embeddings"], skipped)
-        except (OSError, KeyError, ValueError) as err:
-            if path.exists():
-                warn(f"ignoring the unreadable search index {path} ({err}); rebuilding it")
-            return None
+    def scores(self, q: np.ndarray) -> np.ndarray:
+        """``q`` ``(n_queries, E)`` -> ``(n_queries, n)`` inner products, computed a chunk of rows at a time."""
+        out = np.empty((len(q), len(self)), np.float32)
+        for start, block in chunks_of(self.embeddings):
+            out[:, start:start + len(block)] = q @ block.T
+        return out
+
+    def exact_top(self, q: np.ndarray, k: int) -> np.ndarray:
+        """Row ids ``(n_queries, k)`` of exact search, a few queries at a time (bounded score memory)."""
+        return np.concatenate([top_k(self.scores(q[a:a + EXACT_QUERIES]), k) for a in range(0, len(q), EXACT_QUERIES)])
 
     def faiss_index(self):
-        """A ``faiss.IndexFlatIP`` over the embeddings (built once per loaded index)."""
+        """The FAISS index (built once per loaded index): exact ``IndexFlatIP`` below
+        :data:`utils.search.ann.ANN_MIN_FILES` files, else an approximate IVF-Flat whose recall@10 against exact
+        search is measured and printed as it is built."""
         if self._faiss is None:
-            faiss = import_faiss()
-            index = faiss.IndexFlatIP(self.embeddings.shape[1])
-            index.add(np.ascontiguousarray(self.embeddings, dtype=np.float32))
+            dim = self.embeddings.shape[1]
+            if len(self) < ANN_MIN_FILES:
+                index = import_faiss().IndexFlatIP(dim)
+                for _, block in chunks_of(self.embeddings):
+                    index.add(np.ascontiguousarray(block, dtype=np.float32))
+            else:
+                start = time.perf_counter()
+                index, recall = build_ivf(lambda: chunks_of(self.embeddings), lambda r: self.embeddings[r],
+                                          len(self), dim, self.exact_top)
+                print(f"approximate index (FAISS IVF-Flat, {index.nlist} lists, nprobe {index.nprobe}) over "
+                      f"{len(self)} files in {time.perf_counter() - start:.1f} s: recall@10 {recall:.3f} "
+                      "against exact search", file=sys.stderr)
             self._faiss = index
         return self._faiss
+
+
+class LazyPaths(Sequence):
+    """The paths of a catalogue, decoded one at a time (all at once only when iterated)."""
+
+    def __init__(self, cat: Catalogue):
+        self.cat = cat
+
+    def __len__(self) -> int:
+        return len(self.cat)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.cat.path(j) for j in range(*i.indices(len(self)))]
+        return self.cat.path(int(i) + len(self) if i < 0 else int(i))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.cat.all_paths())
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, LazyPaths)) else NotImplemented
+
+    __hash__ = None
 
 
 @dataclass
@@ -144,6 +263,14 @@ class IndexUpdate:
     skipped: list[str] = field(default_factory=list)  # files found unreadable in this update
     missing: list[str] = field(default_factory=list)  # index_files: listed files that do not exist
     rebuilt: bool = False  # the cache was missing or made with another checkpoint / feature settings
+    seconds: float = 0.0  # how long the update took
+    location: str = ""  # the index directory
+
+    def closing_line(self, files: int) -> str:
+        """What a person reads when indexing ends: files, time, reused / added / skipped, where the index lives."""
+        return (f"indexed {files} files in {self.seconds:.1f} s: {self.reused} reused, {len(self.added)} added, "
+                f"{len(self.changed)} re-embedded, {len(self.removed)} dropped, {len(self.skipped)} skipped; "
+                f"index at {self.location}")
 
     @property
     def embedded(self) -> list[str]:
@@ -154,13 +281,3 @@ class IndexUpdate:
                                              (("added", self.added), ("changed", self.changed),
                                               ("removed", self.removed), ("unreadable", self.skipped)) if v]
         return ", ".join(parts)
-
-
-def import_faiss():
-    """``faiss``, or a :class:`PipelineError` saying how to get it."""
-    try:
-        import faiss
-    except ImportError as err:
-        raise PipelineError("FAISS search was requested but the faiss package is not installed: "
-                            "pip install faiss-cpu (or faiss-gpu), or search without --faiss") from err
-    return faiss

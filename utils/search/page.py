@@ -10,6 +10,10 @@ One static page (``utils/search/page_static/``: HTML, CSS and JS, nothing fetche
     GET  /api/status                  files indexed, skipped and why, last refresh
     POST /api/refresh                 re-scan the folder (or file list) and embed what changed
     GET  /audio/REL                   stream an indexed file (HTTP range requests work)
+    GET  /thumb/REL, /api/folders, /api/files   thumbnails and paged browsing (utils/search/page_browse.py)
+
+/api/search, /api/like and /api/upload take filters: ``folder=SUB`` (a subfolder and its subfolders),
+``min_s=`` and ``max_s=`` (seconds).
 
 Only files of the index can be streamed, and only when their real path lies inside the indexed folder
 (``../``, absolute paths and symlinks pointing out are refused). Bad requests get a 4xx JSON ``{"error": ...}``;
@@ -38,53 +42,15 @@ from starlette.routing import Route
 from utils.base.errors import DataError, PipelineError
 from utils.data.audio import AUDIO_EXTENSIONS
 from utils.evaluation.metrics import top_k
+from utils.search.page_browse import BROWSE_ROUTES
+from utils.search.page_http import BadRequest, get_filter, get_k, safe_file
 from utils.search.page_state import PageState
 
 STATIC_DIR = Path(__file__).resolve().parent / "page_static"
 STATIC_FILES = {"page.js": "text/javascript", "page.css": "text/css"}
-MAX_K = 100  # most results one request may ask for
 UPLOAD_CHUNK = 1 << 16
 AUDIO_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".opus": "audio/ogg",
                ".mp3": "audio/mpeg", ".m4a": "audio/mp4", ".aiff": "audio/aiff", ".aif": "audio/aiff"}
-
-
-class BadRequest(HTTPException):
-    """A 4xx answered as ``{"error": message}``."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(status_code=status, detail=message)
-
-
-# --------------------------------------------------------------------------------------------
-# Request helpers
-# --------------------------------------------------------------------------------------------
-
-
-def get_k(request: Request) -> int:
-    raw = request.query_params.get("k", "10")
-    try:
-        k = int(raw)
-    except ValueError:
-        raise BadRequest(f"k must be a whole number, got '{raw[:20]}'") from None
-    if not 1 <= k <= MAX_K:
-        raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
-    return k
-
-
-def safe_file(state: PageState, rel: str) -> Path:
-    """The file ``rel`` of the index, after checking that its real path lies inside the indexed folder."""
-    if not rel or rel.startswith(("/", "\\")) or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
-        raise BadRequest(f"'{rel[:200]}' is not a path inside the indexed folder "
-                         "(absolute paths and '..' are refused)")
-    if rel not in state.rows:
-        raise BadRequest(f"'{rel[:200]}' is not an indexed file", 404)
-    folder = os.path.realpath(state.retriever.index.folder)
-    real = os.path.realpath(os.path.join(folder, rel))
-    if os.path.commonpath([folder, real]) != folder:
-        raise BadRequest(f"'{rel[:200]}' is a link to a file outside the indexed folder; it is not served", 403)
-    if not os.path.isfile(real):
-        raise BadRequest(f"'{rel[:200]}' is gone from the folder; refresh the index", 404)
-    return Path(real)
 
 
 def timed(state: PageState, run: Callable[[], list[tuple[str, float]]], **extra) -> JSONResponse:
@@ -120,26 +86,28 @@ def search_text(request: Request) -> Response:
     query = request.query_params.get("q", "")
     if not query.strip():
         raise BadRequest("the query is empty: type a description such as \"a dog barks while cars pass\"")
-    k = get_k(request)
-    return timed(state, lambda: state.retriever.search(query, k, state.use_faiss), query=query, kind="text")
+    k, spec = get_k(request), get_filter(request)
+    return timed(state, lambda: state.retriever.search(query, k, state.use_faiss, state.allowed(*spec)),
+                 query=query, kind="text")
 
 
 def search_like(request: Request) -> Response:
     state: PageState = request.app.state.page
     rel = request.query_params.get("path", "")
     safe_file(state, rel)
-    k = get_k(request)
+    k, spec = get_k(request), get_filter(request)
 
     def run() -> list[tuple[str, float]]:
-        row = state.rows[rel]  # read under the lock: a refresh may renumber the rows
-        return state.retriever.search_embeddings(state.retriever.index.embeddings[row:row + 1], k, state.use_faiss)[0]
+        row = state.retriever.index.row_of(rel)  # read under the lock: a refresh may renumber the rows
+        return state.retriever.search_embeddings(state.retriever.index.embeddings[row:row + 1], k, state.use_faiss,
+                                                 state.allowed(*spec))[0]
 
     return timed(state, run, like=rel, kind="audio")
 
 
 async def search_upload(request: Request) -> Response:
     state: PageState = request.app.state.page
-    k = get_k(request)
+    k, spec = get_k(request), get_filter(request)
     name = request.query_params.get("name", "")
     ext = os.path.splitext(name)[1].lower()
     if ext not in AUDIO_EXTENSIONS:
@@ -162,7 +130,8 @@ async def search_upload(request: Request) -> Response:
                 raise BadRequest("the upload was interrupted") from None
         if size == 0:
             raise BadRequest("the uploaded clip is empty")
-        return await run_in_threadpool(timed, state, lambda: state.retriever.search_audio(target, k, state.use_faiss),
+        return await run_in_threadpool(timed, state, lambda: state.retriever.search_audio(
+            target, k, state.use_faiss, state.allowed(*spec)),
                                        like=name, kind="upload")
     finally:
         target.unlink(missing_ok=True)
@@ -189,7 +158,7 @@ def evaluate(request: Request) -> Response:
     try:
         with state.lock:  # the index and the caption's row change together on a refresh
             index, row = state.retriever.index, cap.row
-            scores = index.embeddings @ state.retriever.embed_text([cap.text])[0]  # (n_files,)
+            scores = index.scores(state.retriever.embed_text([cap.text]))[0]  # (n_files,)
     except (PipelineError, DataError) as err:
         raise BadRequest(str(err)) from err
     order = top_k(scores, len(scores))  # (n_files,) best first, ties by lower row
@@ -239,7 +208,7 @@ def make_app(state: PageState) -> Starlette:
         Route("/api/upload", search_upload, methods=["POST"]),
         Route("/api/captions", captions), Route("/api/eval", evaluate),
         Route("/api/status", status), Route("/api/refresh", refresh, methods=["POST"]),
-        Route("/audio/{rel:path}", audio),
+        Route("/audio/{rel:path}", audio), *BROWSE_ROUTES,
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.page = state

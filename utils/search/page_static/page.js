@@ -30,10 +30,14 @@ function resultItem(r) {
   const meta = el("div", { class: "meta" }, "score ", el("span", { class: "score" }, r.score.toFixed(3)),
     r.duration !== null ? ` · ${fmtDuration(r.duration)}` : "");
   const audio = el("audio", { controls: true, preload: "none", src: r.url });
+  // The thumbnail has its own route: the list renders at once and each picture arrives when it is made.
+  const thumb = el("img", { class: "thumb", src: r.thumb, alt: "", width: 160, height: 40, loading: "lazy",
+    title: "spectrogram (first 30 s)" });
+  thumb.addEventListener("error", () => thumb.classList.add("missing"));
   const like = el("button", { type: "button", class: "like", title: "Search by this clip's sound" }, "More like this");
-  like.addEventListener("click", () => { navigate({ like: r.path, k: k() }); });
+  like.addEventListener("click", () => { navigate({ like: r.path, k: k(), ...filters() }); });
   const li = el("li", { class: r.true ? "true" : "" }, el("div", { class: "rank" }, String(r.rank)), name, meta,
-    el("div", { class: "player" }, audio, like));
+    el("div", { class: "player" }, thumb, audio, like));
   li.dataset.path = r.path;
   return li;
 }
@@ -78,19 +82,38 @@ async function runQuery(list, info, url, describe, options) {
 
 function k() { return $("k").value; }
 
+// The folder and duration filters, as URL / API parameters (empty ones left out).
+const FILTERS = { folder: "folder", min_s: "min-s", max_s: "max-s" };
+function filters() {
+  const out = {};
+  for (const [param, id] of Object.entries(FILTERS)) if ($(id).value.trim()) out[param] = $(id).value.trim();
+  return out;
+}
+function filterQuery() {
+  const f = new URLSearchParams(filters()).toString();
+  return f ? `&${f}` : "";
+}
+function describeFilters() {
+  const f = filters();
+  const parts = [];
+  if (f.folder) parts.push(`in ${f.folder}/`);
+  if (f.min_s || f.max_s) parts.push(`${f.min_s || 0}–${f.max_s || "∞"} s`);
+  return parts.length ? ` (${parts.join(", ")})` : "";
+}
+
 function searchText(q) {
   $("query").value = q;
-  return runQuery($("results"), $("search-info"), `/api/search?q=${encodeURIComponent(q)}&k=${k()}`,
-    (b) => `${b.results.length} clips for “${b.query}” (${b.server_ms.toFixed(0)} ms on the server)`);
+  return runQuery($("results"), $("search-info"), `/api/search?q=${encodeURIComponent(q)}&k=${k()}${filterQuery()}`,
+    (b) => `${b.results.length} clips for “${b.query}”${describeFilters()} (${b.server_ms.toFixed(0)} ms on the server)`);
 }
 
 function searchLike(path) {
-  return runQuery($("results"), $("search-info"), `/api/like?path=${encodeURIComponent(path)}&k=${k()}`,
-    (b) => `${b.results.length} clips that sound like ${b.like}`);
+  return runQuery($("results"), $("search-info"), `/api/like?path=${encodeURIComponent(path)}&k=${k()}${filterQuery()}`,
+    (b) => `${b.results.length} clips that sound like ${b.like}${describeFilters()}`);
 }
 
 function searchUpload(file) {
-  const url = `/api/upload?name=${encodeURIComponent(file.name)}&k=${k()}`;
+  const url = `/api/upload?name=${encodeURIComponent(file.name)}&k=${k()}${filterQuery()}`;
   return runQuery($("results"), $("search-info"), url, (b) => `${b.results.length} clips that sound like ${b.like} (uploaded)`,
     { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } });
 }
@@ -138,6 +161,7 @@ function apply() {
   const p = new URLSearchParams(location.search);
   const view = p.get("view") || "search";
   if (p.get("k") && [...$("k").options].some((o) => o.value === p.get("k"))) $("k").value = p.get("k");
+  for (const [param, id] of Object.entries(FILTERS)) $(id).value = p.get(param) || "";
   show(view);
   if (view === "eval" && p.has("caption")) return evaluate(p.get("caption"));
   if (p.get("like")) return searchLike(p.get("like"));
@@ -145,9 +169,9 @@ function apply() {
 }
 
 function renderStatus(s) {
-  $("status-line").textContent = `${s.files} files indexed` + (s.skipped.length ? `, ${s.skipped.length} skipped` : "") +
+  $("status-line").textContent = `${s.files} files indexed` + (s.skipped_count ? `, ${s.skipped_count} skipped` : "") +
     ` · ${s.source}`;
-  const rows = [["folder", s.folder], ["files indexed", s.files], ["skipped", s.skipped.length],
+  const rows = [["folder", s.folder], ["files indexed", s.files], ["skipped", s.skipped_count],
     ["missing from the list", s.missing.length], ["last refresh", `${s.refreshed} (${s.last_refresh})`],
     ["run", `${s.run} (${s.checkpoint}${s.epoch !== null ? `, epoch ${s.epoch}` : ""})`],
     ["text model", s.text_model], ["evaluation split", s.split ? `${s.split}: ${s.captions} captions` : "none (--split NAME)"],
@@ -176,7 +200,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("search-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const q = $("query").value;
-    if (q.trim()) navigate({ q, k: k() }); else searchText(q);  // an empty query shows the server's message
+    if (q.trim()) navigate({ q, k: k(), ...filters() }); else searchText(q);  // an empty query shows the server's message
   });
   $("upload").addEventListener("change", () => { if ($("upload").files.length) searchUpload($("upload").files[0]); });
   for (const b of $("tabs").children) b.addEventListener("click", () => navigate(b.dataset.view === "search" ? {} : { view: b.dataset.view }));
@@ -184,6 +208,11 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("caption-filter").addEventListener("input", filterCaptions);
   window.addEventListener("popstate", apply);
   try { renderStatus(await getJSON("/api/status")); } catch (err) { $("status-line").textContent = err.message; }
+  try {  // the folder filter's suggestions: the subfolders with the most files
+    const body = await getJSON("/api/folders");
+    $("folder-list").replaceChildren(...body.folders.filter((f) => f.folder).map((f) =>
+      el("option", { value: f.folder }, `${f.files} files`)));
+  } catch (err) { /* the filter still takes a typed folder */ }
   document.body.dataset.ready = "1";
   apply();
 });
