@@ -8,8 +8,7 @@ from urllib.request import urlopen
 
 import numpy as np
 import pytest
-from test_postprocessing import make_run_dir, tiny_conf
-from test_search import load_search, write_folder
+from builders import load_search, make_run_dir, tiny_conf, write_folder
 
 from utils.base.config import Config
 from utils.runs import load_run_config, write_ensemble_record

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from builders import free_port
 from conftest import ROOT, make_work_dir, write_config
 from hf_models import add_waveforms, tiny_ast
-from test_ddp import free_port
 
 
 def test_hf_audio_encoder_trains_under_torchrun_gloo(tmp_path):

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 import yaml
+from builders import free_port
 from conftest import ROOT, write_config
-from test_ddp import free_port
 
 from utils.base.config import ConfigError
 from utils.cli import call

@@ -43,6 +43,8 @@ from utils.search.indexer import IndexSettings, update_index
 from utils.search.store import Store
 
 FEW_QUERIES = 16  # up to this many captions per search run single-threaded on the CPU (see utils.base.devices.one_thread)
+THREADED_SCAN_FILES = 100_000  # an exact scan of an index this large runs BLAS on every core (memory-bound: 1M
+#                                files took p95 165 ms on one thread, 93 ms on two; BENCHMARKS.md, search at scale)
 
 
 class Retriever(Embedder):
@@ -127,7 +129,9 @@ class Retriever(Embedder):
         self._searchable(k)
         check_queries(list(queries))
         with one_thread(self.device.type == "cpu" and len(queries) <= FEW_QUERIES):
-            return self.search_embeddings(self.embed_text(list(queries)), k, use_faiss, allowed)
+            q = self.embed_text(list(queries))
+        with one_thread(len(self.index) < THREADED_SCAN_FILES and len(queries) <= FEW_QUERIES):
+            return self.search_embeddings(q, k, use_faiss, allowed)
 
     def search_audio(self, item: AudioItem, k: int = 10, use_faiss: bool = False,
                      allowed: np.ndarray | None = None) -> list[tuple[str, float]]:
@@ -142,7 +146,9 @@ class Retriever(Embedder):
             raise PipelineError("a bare waveform has no sample rate: pass (y, sr), a file path or log-mels")
         try:
             with one_thread(self.device.type == "cpu"):
-                return self.search_embeddings(self.embed_audio([item]), k, use_faiss, allowed)[0]
+                q = self.embed_audio([item])
+            with one_thread(len(self.index) < THREADED_SCAN_FILES):
+                return self.search_embeddings(q, k, use_faiss, allowed)[0]
         except ValueError as err:
             raise PipelineError(str(err)) from err
 
