@@ -20,7 +20,6 @@ pipeline computes SBERT vectors itself.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -33,6 +32,7 @@ from utils import run_record, runs
 from utils.base.config import Config, ConfigError, RunConf, to_dict
 from utils.base.errors import DataError, warn
 from utils.base.fileio import read_torch_file, save_torch_file, write_text_atomic
+from utils.text.sbert_download import sha256_file
 
 ZENODO = "Zenodo record 7752975"
 GET_HINT = f"download the DCASE 2023 baseline files from {ZENODO}"
@@ -182,14 +182,6 @@ def expected_shapes(conf: Config, audio_only: bool = False) -> dict[str, torch.S
 # --------------------------------------------------------------------------------------------
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def import_checkpoint(conf: Config, checkpoint: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
     """Write the run directory ``run_dir`` from the baseline's training checkpoint; returns ``best.pt``'s path.
 
@@ -206,7 +198,7 @@ def import_checkpoint(conf: Config, checkpoint: str | os.PathLike, run_dir: str 
     run_record.write_run_info(run_dir, conf, torch.device("cpu"), world_size=1)
     info_file = runs.run_file(run_dir, "run_info")
     info = json.loads(info_file.read_text(encoding="utf-8"))
-    info["imported_from"] = {"file": str(path.resolve()), "sha256": sha256_of(path),
+    info["imported_from"] = {"file": str(path.resolve()), "sha256": sha256_file(path),
                              "what": f"DCASE 2023 Task 6B baseline training checkpoint ({ZENODO})"}
     write_text_atomic(info_file, json.dumps(info, indent=2) + "\n")
     model = {"model": state, "config": to_dict(conf), "text_dim": BASELINE_TEXT_DIM}
